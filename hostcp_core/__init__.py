@@ -3,7 +3,7 @@
 A pure library (numpy, torch, cvxpy): it never imports the service layers.
 """
 
-from hostcp_core.data import Dataset, check_compatible, make_dataset, validate_train
+from hostcp_core.data import Dataset, check_compatible, make_dataset, split_test, validate_train
 from hostcp_core.errors import Cancelled, DataError, NotFittedError
 from hostcp_core.loaders import load_dataset, load_train_test
 from hostcp_core.progress import Progress, ProgressCallback
@@ -29,6 +29,7 @@ __all__ = [
     "load_train_test",
     "make_dataset",
     "make_synthetic",
+    "split_test",
     "subset_size",
     "validate_train",
 ]

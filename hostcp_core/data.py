@@ -158,3 +158,25 @@ def _class_sort_key(s: str):
         return (0, float(s), s)
     except ValueError:
         return (1, 0.0, s)
+
+
+def split_test(test: Dataset, holdout_fraction: float = 0.3, *, seed: int = 0
+               ) -> tuple[Dataset, Dataset]:
+    """Split a test set into the part that drives valuation and a disjoint held-out part used only
+    to evaluate subsets, stratified by class, so results are not measured on the data that chose
+    them. Returns ``(valuation_part, holdout_part)``."""
+    if not 0.0 < holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    rng = np.random.default_rng(seed)
+    hold = []
+    for c in np.unique(test.y):
+        rows = np.flatnonzero(test.y == c)
+        rng.shuffle(rows)
+        hold.append(rows[: int(round(holdout_fraction * len(rows)))])
+    hold_idx = np.sort(np.concatenate(hold))
+    mask = np.ones(test.n, dtype=bool)
+    mask[hold_idx] = False
+    if mask.sum() == 0 or hold_idx.size == 0:
+        raise DataError(f"{test.name}: too few rows ({test.n}) to keep a held-out part")
+    return (test.subset(np.flatnonzero(mask), name=f"{test.name}[valuation]"),
+            test.subset(hold_idx, name=f"{test.name}[holdout]"))
