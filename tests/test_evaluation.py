@@ -235,3 +235,11 @@ def test_default_fractions_and_frames():
     assert DEFAULT_FRACTIONS[0] == 0.05 and DEFAULT_FRACTIONS[-1] == 1.0
     df = flips_found_curve(np.arange(20.0), [0, 1])
     assert isinstance(df, pd.DataFrame) and len(df) == len(DEFAULT_FRACTIONS)
+
+
+def test_mislabel_report_constant_values_fall_back_to_confidence(noisy_synth):
+    _, _, noisy, _ = noisy_synth
+    df = mislabel_report(noisy, np.zeros(noisy.n))
+    alone = mislabel_report(noisy, None)
+    assert 0 < df["suspected"].sum() == alone["suspected"].sum()
+    assert df["index"].tolist() == alone["index"].tolist()

@@ -62,7 +62,8 @@ def mislabel_report(
 
     suggested_label: the out-of-fold prediction, as a class name. suspected: the lowest
     ⌈suspect_fraction·n⌉ scores; by default as many lowest scores as the low cluster of an exact
-    1-D 2-means split of the values holds (of the self-confidences when values are not used).
+    1-D 2-means split of the values holds (of the self-confidences when values are not used or
+    are constant).
     The count comes from the raw values, not the score, because the rank part of the score is
     uniform and has no clusters to find. Rows are sorted by rank (1 = most suspect); columns
     :data:`REPORT_COLUMNS`. The score's parts are kept in ``df.attrs``.
@@ -86,7 +87,8 @@ def mislabel_report(
     rank = np.empty(n, dtype=np.int64)
     rank[order] = np.arange(1, n + 1)
     if suspect_fraction is None:
-        basis = v if value_weight > 0 else self_conf
+        # constant values cannot be split: let the out-of-fold confidences decide the count
+        basis = v if v is not None and np.ptp(v) > 0 else self_conf
         n_suspect = int((basis < two_means_split(basis)).sum())
     else:
         n_suspect = n_of(n, suspect_fraction)
