@@ -1,0 +1,1 @@
+"""The HTTP layer: routers, dependencies, error handlers and middleware."""

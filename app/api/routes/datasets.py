@@ -1,0 +1,142 @@
+"""/v1/datasets: upload (streamed, capped, validated by hostcp_core's loaders) and read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
+from fastapi.responses import JSONResponse
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.api.idempotency import Idempotency, check_key
+from app.api.pagination import clamp_page_size, decode_token, encode_token
+from app.api.schemas import DatasetPublic, DatasetsPage
+from app.core import problems
+from app.core.problems import Problem
+from app.db import repo
+from app.db.models import DatasetRecord
+from app.storage import Storage, TooLarge, dataset_arrays, file_chunks
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+_DEFAULT_SUFFIX = {"csv": ".csv", "parquet": ".parquet", "npz": ".npz", "libsvm": ".libsvm"}
+
+
+def _format_and_suffix(filename: str, fmt: str | None) -> tuple[str, str]:
+    from hostcp_core import DataError
+    from hostcp_core.loaders import FORMATS, detect_format
+
+    suffix = os.path.splitext(filename)[1].lower()
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise Problem(problems.INVALID_REQUEST, f"format must be one of {', '.join(FORMATS)}")
+        # keep .tsv (it selects the separator); otherwise the format's own suffix
+        return fmt, suffix if suffix == ".tsv" and fmt == "csv" else _DEFAULT_SUFFIX[fmt]
+    try:
+        fmt = detect_format(filename)
+    except DataError as exc:
+        raise Problem(problems.INVALID_DATA, str(exc)) from None
+    return fmt, suffix
+
+
+@router.post("", status_code=201, response_model=DatasetPublic,
+             responses={200: {"model": DatasetPublic, "description": "already uploaded"}})
+def upload_dataset(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    principal: PrincipalDep,
+    file: Annotated[UploadFile, File(description="CSV, Parquet, NPZ or LIBSVM")],
+    label_column: Annotated[str | None, Form()] = None,
+    id_column: Annotated[str | None, Form()] = None,
+    format: Annotated[str | None, Form(description="csv, parquet, npz or libsvm; default: "
+                                                   "from the file name")] = None,
+    idempotency_key: Annotated[str | None, Header()] = None,
+):
+    """Upload one labelled table. A re-upload of the same bytes with the same options returns
+    the existing dataset (200)."""
+    from hostcp_core import DataError, load_dataset
+
+    filename = os.path.basename(file.filename or "upload")[:255] or "upload"
+    fmt, suffix = _format_and_suffix(filename, format)
+    store = Storage(settings.storage_root)
+    try:
+        stored = store.write_stream(file_chunks(file.file), suffix=suffix,
+                                    max_bytes=settings.max_upload_bytes)
+    except TooLarge:
+        raise Problem(problems.DATASET_TOO_LARGE,
+                      f"uploads are limited to {settings.max_upload_bytes} bytes") from None
+    content_key = hashlib.sha256(
+        f"{stored.sha256}|{fmt}|{label_column or ''}|{id_column or ''}".encode()).hexdigest()
+    idem = Idempotency(request.app.state.sessionmaker, owner_id=principal.id,
+                       key=check_key(idempotency_key), ttl_s=settings.idempotency_ttl_s)
+    replay = idem.begin(content_key)
+    if replay is not None:
+        store.delete(stored.rel_path)
+        return replay
+    try:
+        existing = repo.find_dataset_by_content(session, owner_id=principal.id,
+                                                content_key=content_key)
+        if existing is not None:
+            store.delete(stored.rel_path)
+            body = DatasetPublic.model_validate(existing)
+            headers = {"Location": f"/v1/datasets/{existing.id}"}
+            idem.complete(200, body.model_dump(mode="json"), headers)
+            return JSONResponse(body.model_dump(mode="json"), status_code=200, headers=headers)
+        try:
+            ds = load_dataset(store.path(stored.rel_path), format=fmt, label_column=label_column,
+                              id_column=id_column, name=filename)
+        except DataError as exc:
+            store.delete(stored.rel_path)
+            raise Problem(problems.INVALID_DATA, str(exc)) from None
+        array_path = store.save_arrays(dataset_arrays(ds))
+        rec = DatasetRecord(
+            id=str(uuid.uuid4()), owner_id=principal.id, name=filename, format=fmt,
+            sha256=stored.sha256, content_key=content_key, label_column=label_column,
+            id_column=id_column, size_bytes=stored.size, raw_path=stored.rel_path,
+            array_path=array_path, n_rows=ds.n, n_features=ds.n_features,
+            classes=list(ds.classes),
+            class_counts=np.bincount(ds.y, minlength=ds.n_classes).tolist(),
+            feature_names=None if ds.feature_names is None else list(ds.feature_names))
+        session.add(rec)
+        session.commit()
+        body = DatasetPublic.model_validate(rec)
+        headers = {"Location": f"/v1/datasets/{rec.id}"}
+        idem.complete(201, body.model_dump(mode="json"), headers)
+        return JSONResponse(body.model_dump(mode="json"), status_code=201, headers=headers)
+    except BaseException:
+        idem.abandon()
+        raise
+
+
+@router.get("", response_model=DatasetsPage)
+def list_datasets(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+                  page_size: Annotated[int | None, Query()] = None,
+                  page_token: Annotated[str | None, Query()] = None) -> DatasetsPage:
+    size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
+    scope = f"datasets:{principal.id}"
+    after = None
+    if page_token:
+        ts, ident = decode_token(settings.secret_key, scope, page_token)
+        after = (datetime.fromisoformat(ts), ident)
+    rows = repo.list_datasets(session, owner_id=principal.id, after=after, limit=size + 1)
+    token = None
+    if len(rows) > size:
+        rows = rows[:size]
+        token = encode_token(settings.secret_key, scope,
+                             [rows[-1].created_at.isoformat(), rows[-1].id])
+    return DatasetsPage(items=[DatasetPublic.model_validate(r) for r in rows],
+                        next_page_token=token)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def get_dataset(dataset_id: str, session: SessionDep, principal: PrincipalDep) -> DatasetPublic:
+    rec = repo.get_dataset(session, owner_id=principal.id, dataset_id=dataset_id)
+    if rec is None:  # also for another key's dataset: its existence is not disclosed
+        raise Problem(problems.NOT_FOUND, f"no dataset {dataset_id}")
+    return DatasetPublic.model_validate(rec)

@@ -1,0 +1,157 @@
+"""/v1/jobs: submit (202 + Location), read the status monitor, list, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.api.idempotency import Idempotency, check_key
+from app.api.pagination import clamp_page_size, decode_token, encode_token
+from app.api.schemas import JobCreate, JobPublic, JobsPage, MethodsList
+from app.core import problems
+from app.core.config import Settings
+from app.core.problems import Problem
+from app.db import repo
+from app.db.models import DatasetRecord, Job, JobStatus
+from app.storage import Storage, arrays_dataset
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+methods_router = APIRouter(prefix="/v1/methods", tags=["methods"])
+
+RETRY_AFTER_S = "2"
+
+
+def job_public(job: Job) -> JobPublic:
+    out = JobPublic.model_validate(job)
+    base = f"/v1/jobs/{job.id}"
+    out.links = {"self": base, "cancel": f"{base}/cancel"}
+    if job.status == JobStatus.SUCCEEDED:
+        out.links.update({k: f"{base}/{k}" for k in ("subset", "values", "mislabels", "curves")})
+    return out
+
+
+def owned_job(session: Session, principal_id: int, job_id: str) -> Job:
+    job = repo.get_job(session, owner_id=principal_id, job_id=job_id)
+    if job is None:  # also for another key's job: its existence is not disclosed
+        raise Problem(problems.NOT_FOUND, f"no job {job_id}")
+    return job
+
+
+def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord,
+              settings: Settings) -> None:
+    """Refuse a job that could only fail: unusable data, unknown method or parameter."""
+    from hostcp_core import DataError, check_compatible, validate_train
+    from worker.valuation import build_valuer
+
+    store = Storage(settings.storage_root)
+    try:
+        train = arrays_dataset(store.load_arrays(train_rec.array_path), name=train_rec.name)
+        validate_train(train)
+        test = arrays_dataset(store.load_arrays(test_rec.array_path), classes=train.classes,
+                              name=test_rec.name)
+        check_compatible(train, test)
+    except DataError as exc:
+        raise Problem(problems.INVALID_DATA, str(exc)) from None
+    try:
+        build_valuer(body.method, fraction=body.fraction, seed=body.seed, params=body.params)
+    except ValueError as exc:
+        raise Problem(problems.INVALID_PARAMETERS, str(exc)) from None
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+def create_job(body: JobCreate, request: Request, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep,
+               idempotency_key: Annotated[str | None, Header()] = None):
+    """Queue a valuation job. The answer is a status monitor; poll its Location."""
+    from worker.dispatch import enqueue
+
+    fingerprint = hashlib.sha256(json.dumps(body.model_dump(mode="json"),
+                                            sort_keys=True).encode()).hexdigest()
+    idem = Idempotency(request.app.state.sessionmaker, owner_id=principal.id,
+                       key=check_key(idempotency_key), ttl_s=settings.idempotency_ttl_s)
+    replay = idem.begin(fingerprint)
+    if replay is not None:
+        return replay
+    try:
+        recs = {}
+        for field in ("train_dataset_id", "test_dataset_id"):
+            ident = getattr(body, field)
+            recs[field] = repo.get_dataset(session, owner_id=principal.id, dataset_id=ident)
+            if recs[field] is None:
+                raise Problem(problems.UNKNOWN_DATASET, f"{field}: no dataset {ident}")
+        _validate(body, recs["train_dataset_id"], recs["test_dataset_id"], settings)
+        device = body.params.get("device")
+        job = repo.create_job(session, owner_id=principal.id,
+                              train_dataset_id=body.train_dataset_id,
+                              test_dataset_id=body.test_dataset_id, method=body.method,
+                              params=body.params, fraction=body.fraction, seed=body.seed,
+                              queue=settings.queue_for(device),
+                              max_attempts=settings.max_attempts)
+        session.commit()  # the row exists before any worker can hear of it
+        if enqueue(job.id, job.queue, settings):
+            repo.mark_enqueued(session, job_id=job.id)
+            session.commit()
+        session.refresh(job)
+        out = job_public(job).model_dump(mode="json")
+        headers = {"Location": f"/v1/jobs/{job.id}", "Retry-After": RETRY_AFTER_S}
+        idem.complete(202, out, headers)
+        return JSONResponse(out, status_code=202, headers=headers)
+    except BaseException:
+        idem.abandon()
+        raise
+
+
+@router.get("", response_model=JobsPage)
+def list_jobs(session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+              status: Annotated[str | None, Query(description="filter by status")] = None,
+              page_size: Annotated[int | None, Query()] = None,
+              page_token: Annotated[str | None, Query()] = None) -> JobsPage:
+    if status is not None and status not in JobStatus.ALL:
+        raise Problem(problems.INVALID_REQUEST, f"status must be one of {', '.join(JobStatus.ALL)}")
+    size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
+    scope = f"jobs:{principal.id}:{status or ''}"
+    after = None
+    if page_token:
+        ts, ident = decode_token(settings.secret_key, scope, page_token)
+        after = (datetime.fromisoformat(ts), ident)
+    rows = repo.list_jobs(session, owner_id=principal.id, after=after, limit=size + 1,
+                          status=status)
+    token = None
+    if len(rows) > size:
+        rows = rows[:size]
+        token = encode_token(settings.secret_key, scope,
+                             [rows[-1].created_at.isoformat(), rows[-1].id])
+    return JobsPage(items=[job_public(j) for j in rows], next_page_token=token)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: str, session: SessionDep, principal: PrincipalDep):
+    job = owned_job(session, principal.id, job_id)
+    body = job_public(job).model_dump(mode="json")
+    headers = {} if job.status in JobStatus.TERMINAL else {"Retry-After": RETRY_AFTER_S}
+    return JSONResponse(body, headers=headers)
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=JobPublic)
+def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> JobPublic:
+    """Queued jobs are canceled at once; running ones stop at their next progress event."""
+    job = owned_job(session, principal.id, job_id)
+    if job.status in JobStatus.TERMINAL:
+        raise Problem(problems.JOB_FINISHED, f"job {job_id} is already {job.status}")
+    job = repo.request_cancel(session, job=job)
+    session.commit()
+    return job_public(job)
+
+
+@methods_router.get("", response_model=MethodsList)
+def list_methods(_principal: PrincipalDep) -> MethodsList:
+    from hostcp_core import available_methods
+
+    return MethodsList(methods=available_methods())

@@ -1,0 +1,153 @@
+"""/v1/jobs/{id}/subset, /values, /mislabels, /curves: JSON pages or whole CSV/Parquet files."""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from app.api.deps import PrincipalDep, SessionDep, SettingsDep
+from app.api.pagination import clamp_page_size, decode_token, encode_token
+from app.api.routes.jobs import RETRY_AFTER_S, owned_job
+from app.api.schemas import CurvesPage, MislabelsPage, SubsetPage, ValuesPage
+from app.core import problems
+from app.core.problems import Problem
+from app.db import repo
+from app.db.models import Job, JobStatus
+
+router = APIRouter(prefix="/v1/jobs", tags=["results"])
+
+Format = Annotated[Literal["json", "csv", "parquet"], Query(description="json (paginated), "
+                                                                        "csv or parquet")]
+PageSize = Annotated[int | None, Query(description="rows per JSON page (default 50, max 1000)")]
+PageToken = Annotated[str | None, Query(description="next_page_token of the previous page")]
+
+
+def _finished_job(session, principal_id: int, job_id: str) -> Job:
+    job = owned_job(session, principal_id, job_id)
+    if job.status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        raise Problem(problems.JOB_NOT_FINISHED, f"job {job_id} is {job.status}",
+                      headers={"Retry-After": RETRY_AFTER_S})
+    if job.status != JobStatus.SUCCEEDED:
+        raise Problem(problems.JOB_NOT_SUCCEEDED, f"job {job_id} is {job.status}")
+    return job
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else x
+
+
+def _value_row(p) -> dict:
+    return {"index": p.point_index, "id": p.point_id, "score": _num(p.score), "rank": p.rank,
+            "selected": p.selected, "label": p.given_label}
+
+
+def _subset_row(p) -> dict:
+    return {"index": p.point_index, "id": p.point_id, "score": _num(p.score), "rank": p.rank,
+            "label": p.given_label}
+
+
+def _mislabel_row(p) -> dict:
+    # cleanlab-style columns; score is LOW for suspects, rank 1 = most suspect
+    return {"index": p.point_index, "id": p.point_id, "given_label": p.given_label,
+            "suggested_label": p.suggested_label, "score": _num(p.mislabel_score),
+            "rank": p.mislabel_rank, "suspected": p.suspected_mislabel}
+
+
+def _curve_row(c) -> dict:
+    return {"curve": c.curve, "step": c.step, "fraction": c.fraction, "n_points": c.n_points,
+            "value": _num(c.value)}
+
+
+def _file(rows: list[dict], columns: list[str], fmt: str, name: str) -> Response:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=columns)
+    if fmt == "csv":
+        return Response(frame.to_csv(index=False), media_type="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return Response(buf.getvalue(), media_type="application/vnd.apache.parquet",
+                    headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'})
+
+
+def _point_listing(session, settings, principal, job_id, *, kind, order, row, columns,
+                   fmt, page_size, page_token, selected_only=False, suspected_only=False):
+    job = _finished_job(session, principal.id, job_id)
+    if fmt != "json":
+        rows = [row(p) for p in repo.list_points(session, job_id=job.id, order=order, after=None,
+                                                  limit=None, selected_only=selected_only)]
+        if suspected_only:
+            rows = [r for r in rows if r["suspected"]]
+        return _file(rows, columns, fmt, f"{job.id}-{kind}")
+    size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
+    scope = f"{kind}:{job.id}:{principal.id}:{int(suspected_only)}"
+    after = decode_token(settings.secret_key, scope, page_token) if page_token else None
+    points = repo.list_points(session, job_id=job.id, order=order, after=after, limit=size + 1,
+                              selected_only=selected_only, suspected_only=suspected_only)
+    token = None
+    if len(points) > size:
+        points = points[:size]
+        last = points[-1]
+        token = encode_token(settings.secret_key, scope,
+                             last.point_index if order == "index" else last.mislabel_rank)
+    return {"items": [row(p) for p in points], "next_page_token": token}
+
+
+@router.get("/{job_id}/values", response_model=ValuesPage, response_model_exclude_none=False)
+def get_values(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+               format: Format = "json", page_size: PageSize = None, page_token: PageToken = None):
+    """A value for every training point (higher = more valuable), in row order."""
+    return _point_listing(session, settings, principal, job_id, kind="values", order="index",
+                          row=_value_row, fmt=format, page_size=page_size, page_token=page_token,
+                          columns=["index", "id", "score", "rank", "selected", "label"])
+
+
+@router.get("/{job_id}/subset", response_model=SubsetPage)
+def get_subset(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+               format: Format = "json", page_size: PageSize = None, page_token: PageToken = None):
+    """The selected high-value subset (⌈fraction·n⌉ rows), in row order."""
+    return _point_listing(session, settings, principal, job_id, kind="subset", order="index",
+                          row=_subset_row, fmt=format, page_size=page_size,
+                          page_token=page_token, selected_only=True,
+                          columns=["index", "id", "score", "rank", "label"])
+
+
+@router.get("/{job_id}/mislabels", response_model=MislabelsPage)
+def get_mislabels(job_id: str, session: SessionDep, settings: SettingsDep,
+                  principal: PrincipalDep, format: Format = "json", page_size: PageSize = None,
+                  page_token: PageToken = None,
+                  suspected_only: Annotated[bool, Query()] = False):
+    """The mislabel report, most suspect first (cleanlab-style columns)."""
+    return _point_listing(session, settings, principal, job_id, kind="mislabels",
+                          order="mislabel_rank", row=_mislabel_row, fmt=format,
+                          page_size=page_size, page_token=page_token,
+                          suspected_only=suspected_only,
+                          columns=["index", "id", "given_label", "suggested_label", "score",
+                                   "rank", "suspected"])
+
+
+@router.get("/{job_id}/curves", response_model=CurvesPage)
+def get_curves(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+               format: Format = "json", page_size: PageSize = None, page_token: PageToken = None):
+    """Held-out accuracy of a model trained on the top fraction by value (``addition``), on a
+    random fraction (``random``), and on the selected subset (``subset``)."""
+    job = _finished_job(session, principal.id, job_id)
+    columns = ["curve", "step", "fraction", "n_points", "value"]
+    if format != "json":
+        rows = [_curve_row(c) for c in repo.list_curves(session, job_id=job.id, after=None,
+                                                          limit=None)]
+        return _file(rows, columns, format, f"{job.id}-curves")
+    size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
+    scope = f"curves:{job.id}:{principal.id}"
+    after = tuple(decode_token(settings.secret_key, scope, page_token)) if page_token else None
+    rows = repo.list_curves(session, job_id=job.id, after=after, limit=size + 1)
+    token = None
+    if len(rows) > size:
+        rows = rows[:size]
+        token = encode_token(settings.secret_key, scope, [rows[-1].curve, rows[-1].step])
+    return {"items": [_curve_row(c) for c in rows], "next_page_token": token}

@@ -1,0 +1,138 @@
+"""Request and response bodies (``XCreate`` / ``XPublic`` / ``XsPage``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DatasetPublic(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    name: str
+    format: str
+    sha256: str
+    size_bytes: int
+    n_rows: int
+    n_features: int
+    classes: list[str]
+    class_counts: list[int]
+    label_column: str | None = None
+    id_column: str | None = None
+    feature_names: list[str] | None = None
+    created_at: datetime
+
+
+class DatasetsPage(BaseModel):
+    items: list[DatasetPublic]
+    next_page_token: str | None = None
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train_dataset_id: str
+    test_dataset_id: str
+    method: str = Field("hostcp", description="a method name; see GET /v1/methods")
+    fraction: float = Field(0.2, gt=0, le=1, description="size of the subset, as a fraction "
+                            "of the training set, in (0, 1]")
+    seed: int = Field(0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="method parameters (e.g. epochs, device)")
+
+
+class JobPublic(BaseModel):
+    """The status monitor of a long-running operation."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled", "timed_out"]
+    stage: str | None = None
+    progress: float
+    message: str | None = None
+    method: str
+    params: dict[str, Any]
+    fraction: float
+    seed: int
+    train_dataset_id: str
+    test_dataset_id: str
+    queue: str
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    heartbeat_at: datetime | None = None
+    timings: dict[str, float] | None = None
+    summary: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobsPage(BaseModel):
+    items: list[JobPublic]
+    next_page_token: str | None = None
+
+
+class PointValue(BaseModel):
+    index: int
+    id: str | None = None
+    score: float | None
+    rank: int
+    selected: bool
+    label: str
+
+
+class SubsetPoint(BaseModel):
+    index: int
+    id: str | None = None
+    score: float | None
+    rank: int
+    label: str
+
+
+class MislabelRow(BaseModel):
+    index: int
+    id: str | None = None
+    given_label: str
+    suggested_label: str | None
+    score: float | None
+    rank: int | None
+    suspected: bool
+
+
+class CurveRow(BaseModel):
+    curve: str
+    step: int
+    fraction: float
+    n_points: int
+    value: float | None
+
+
+class ValuesPage(BaseModel):
+    items: list[PointValue]
+    next_page_token: str | None = None
+
+
+class SubsetPage(BaseModel):
+    items: list[SubsetPoint]
+    next_page_token: str | None = None
+
+
+class MislabelsPage(BaseModel):
+    items: list[MislabelRow]
+    next_page_token: str | None = None
+
+
+class CurvesPage(BaseModel):
+    items: list[CurveRow]
+    next_page_token: str | None = None
+
+
+class MethodsList(BaseModel):
+    methods: list[str]

@@ -1,0 +1,188 @@
+"""Repository functions (keyword-only) shared by the API, the worker and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import ApiKey, CurvePoint, DatasetRecord, Job, JobStatus, PointResult
+from app.db.types import utcnow
+
+KEY_PREFIX = "hcp"
+LOCAL_PRINCIPAL = "local (auth disabled)"
+
+
+# --- API keys ---------------------------------------------------------------------------------
+
+def _hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_api_key(session: Session, *, name: str) -> tuple[ApiKey, str]:
+    """A new key; the plaintext is returned once and never stored."""
+    prefix = secrets.token_hex(6)
+    token = f"{KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(name=name, prefix=prefix, key_hash=_hash_key(token))
+    session.add(key)
+    session.flush()
+    return key, token
+
+
+def authenticate(session: Session, *, token: str) -> ApiKey | None:
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        return None
+    key = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
+    # compare_digest: the hash comparison takes the same time whatever the mismatch
+    if key is None or key.revoked_at is not None:
+        _hash_key(token)  # same work on the miss path
+        return None
+    return key if hmac.compare_digest(key.key_hash, _hash_key(token)) else None
+
+
+def local_principal(session: Session) -> ApiKey:
+    """The single owner used when auth is explicitly disabled (embedded mode only)."""
+    key = session.scalar(select(ApiKey).where(ApiKey.name == LOCAL_PRINCIPAL))
+    if key is None:
+        key, _ = create_api_key(session, name=LOCAL_PRINCIPAL)
+    return key
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+def get_dataset(session: Session, *, owner_id: int, dataset_id: str) -> DatasetRecord | None:
+    return session.scalar(select(DatasetRecord).where(DatasetRecord.id == dataset_id,
+                                                      DatasetRecord.owner_id == owner_id))
+
+
+def find_dataset_by_content(session: Session, *, owner_id: int,
+                            content_key: str) -> DatasetRecord | None:
+    return session.scalar(select(DatasetRecord).where(DatasetRecord.owner_id == owner_id,
+                                                      DatasetRecord.content_key == content_key))
+
+
+def list_datasets(session: Session, *, owner_id: int, after: tuple[datetime, str] | None,
+                  limit: int) -> Sequence[DatasetRecord]:
+    q = select(DatasetRecord).where(DatasetRecord.owner_id == owner_id)
+    if after is not None:
+        q = q.where(_before(DatasetRecord.created_at, DatasetRecord.id, after))
+    q = q.order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc()).limit(limit)
+    return session.scalars(q).all()
+
+
+def _before(ts_col, id_col, after: tuple[datetime, str]):
+    # keyset pagination, newest first
+    ts, ident = after
+    return or_(ts_col < ts, and_(ts_col == ts, id_col < ident))
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+def create_job(session: Session, *, owner_id: int, train_dataset_id: str, test_dataset_id: str,
+               method: str, params: dict, fraction: float, seed: int, queue: str,
+               max_attempts: int) -> Job:
+    job = Job(id=str(uuid.uuid4()), owner_id=owner_id, train_dataset_id=train_dataset_id,
+              test_dataset_id=test_dataset_id, method=method, params=params, fraction=fraction,
+              seed=seed, queue=queue, status=JobStatus.QUEUED, progress=0.0,
+              cancel_requested=False, attempts=0, max_attempts=max_attempts, stage="queued")
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, *, owner_id: int, job_id: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.id == job_id, Job.owner_id == owner_id))
+
+
+def list_jobs(session: Session, *, owner_id: int, after: tuple[datetime, str] | None, limit: int,
+              status: str | None = None) -> Sequence[Job]:
+    q = select(Job).where(Job.owner_id == owner_id)
+    if status:
+        q = q.where(Job.status == status)
+    if after is not None:
+        q = q.where(_before(Job.created_at, Job.id, after))
+    return session.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)).all()
+
+
+def mark_enqueued(session: Session, *, job_id: str) -> None:
+    session.execute(update(Job).where(Job.id == job_id).values(enqueued_at=utcnow()))
+
+
+def request_cancel(session: Session, *, job: Job) -> Job:
+    """Set the cancel flag; a queued job is canceled at once, a running one by its worker."""
+    now = utcnow()
+    session.execute(update(Job).where(Job.id == job.id, Job.status.notin_(JobStatus.TERMINAL))
+                    .values(cancel_requested=True, updated_at=now))
+    session.execute(update(Job).where(Job.id == job.id, Job.status == JobStatus.QUEUED)
+                    .values(status=JobStatus.CANCELED, stage="canceled", finished_at=now,
+                            updated_at=now))
+    session.refresh(job)
+    return job
+
+
+def runnable_job_ids(session: Session, *, queues: Sequence[str] | None = None,
+                     limit: int = 1) -> list[str]:
+    """Oldest queued jobs, then running jobs whose lease has expired (their worker died)."""
+    now = utcnow()
+    cond = or_(Job.status == JobStatus.QUEUED,
+               and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
+    q = select(Job.id).where(cond)
+    if queues:
+        q = q.where(Job.queue.in_(list(queues)))
+    return list(session.scalars(q.order_by(Job.created_at).limit(limit)))
+
+
+def jobs_to_requeue(session: Session, *, requeue_after_s: float) -> list[tuple[str, str]]:
+    """(job id, queue) of jobs whose message may be lost: queued for long, or a stale lease."""
+    now = utcnow()
+    old = now - timedelta(seconds=requeue_after_s)
+    cond = or_(and_(Job.status == JobStatus.QUEUED,
+                    or_(Job.enqueued_at.is_(None), Job.enqueued_at < old)),
+               and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now))
+    return [(r.id, r.queue) for r in session.execute(select(Job.id, Job.queue).where(cond))]
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status))
+    return {s: int(n) for s, n in rows}
+
+
+# --- results ----------------------------------------------------------------------------------
+
+def list_points(session: Session, *, job_id: str, order: str, after: int | None, limit: int | None,
+                selected_only: bool = False,
+                suspected_only: bool = False) -> Sequence[PointResult]:
+    """Per-point rows ordered by ``order``: "index" or "mislabel_rank"; ``after`` is the last
+    key of the previous page."""
+    col = PointResult.point_index if order == "index" else PointResult.mislabel_rank
+    q = select(PointResult).where(PointResult.job_id == job_id)
+    if selected_only:
+        q = q.where(PointResult.selected.is_(True))
+    if suspected_only:
+        q = q.where(PointResult.suspected_mislabel.is_(True))
+    if after is not None:
+        q = q.where(col > after)
+    q = q.order_by(col)
+    if limit is not None:
+        q = q.limit(limit)
+    return session.scalars(q).all()
+
+
+def list_curves(session: Session, *, job_id: str, after: tuple[str, int] | None,
+                limit: int | None) -> Sequence[CurvePoint]:
+    q = select(CurvePoint).where(CurvePoint.job_id == job_id)
+    if after is not None:
+        curve, step = after
+        q = q.where(or_(CurvePoint.curve > curve,
+                        and_(CurvePoint.curve == curve, CurvePoint.step > step)))
+    q = q.order_by(CurvePoint.curve, CurvePoint.step)
+    if limit is not None:
+        q = q.limit(limit)
+    return session.scalars(q).all()

@@ -1,0 +1,298 @@
+"""``run_job(job_id)``: claim a job, value its data with hostcp_core, persist the results.
+
+Safe under at-least-once delivery: the claim is one conditional UPDATE (queued, or running with
+an expired lease), so two deliveries never run a job at once; results are replaced inside the
+same transaction that marks the job succeeded, and only while this worker still holds the lease,
+so running a job twice leaves one set of rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+import numpy as np
+from sqlalchemy import delete, insert, update
+from sqlalchemy.exc import DBAPIError
+
+from app.core import problems
+from app.core.config import Settings, get_settings
+from app.db.models import CurvePoint, DatasetRecord, Job, JobStatus, PointResult
+from app.db.session import session_scope
+from app.db.types import utcnow
+from app.storage import Storage, arrays_dataset
+from worker.progress import Interrupted, JobReporter
+from worker.valuation import build_valuer
+
+log = logging.getLogger(__name__)
+
+SKIPPED = "skipped"  # not claimable: finished, canceled, or leased by another live worker
+
+
+def worker_identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def run_job(job_id: str, *, settings: Settings | None = None, worker_id: str | None = None,
+            should_stop: Callable[[], bool] | None = None) -> str:
+    """Run one job to a terminal state (or back to queued); returns its resulting status, or
+    ``"skipped"`` when there was nothing to do."""
+    settings = settings or get_settings()
+    worker_id = worker_id or worker_identity()
+    if not _claim(job_id, worker_id, settings):
+        return SKIPPED
+    reporter = JobReporter(job_id=job_id, worker_id=worker_id, settings=settings,
+                           should_stop=should_stop)
+    from hostcp_core import Cancelled, DataError
+
+    t0 = time.perf_counter()
+    try:
+        with reporter:
+            outcome = _execute(job_id, settings, reporter)
+            reporter.phase("saving")
+            return _persist(job_id, worker_id, settings, outcome, time.perf_counter() - t0)
+    except Cancelled as exc:
+        if reporter.lease_lost:
+            return SKIPPED
+        return _finish(job_id, worker_id, settings, JobStatus.CANCELED,
+                       problems.problem_dict(problems.JOB_CANCELED, str(exc)))
+    except Interrupted:
+        return _release(job_id, worker_id, settings)
+    except DataError as exc:
+        return _finish(job_id, worker_id, settings, JobStatus.FAILED,
+                       problems.problem_dict(problems.INVALID_DATA, str(exc)))
+    except Exception as exc:
+        if type(exc).__name__ == "SoftTimeLimitExceeded":  # Celery's, without importing it
+            return _finish(job_id, worker_id, settings, JobStatus.TIMED_OUT,
+                           problems.problem_dict(problems.JOB_TIMED_OUT,
+                                                 f"soft limit {settings.soft_time_limit_s} s"))
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            log.warning("job %s: lost the database connection; releasing it", job_id)
+            return _release(job_id, worker_id, settings)
+        log.exception("job %s failed", job_id)  # the traceback stays in the worker's log
+        detail = f"{type(exc).__name__}: {exc}"[:1000]
+        return _finish(job_id, worker_id, settings, JobStatus.FAILED,
+                       problems.problem_dict(problems.JOB_FAILED, detail))
+
+
+def _claim(job_id: str, worker_id: str, settings: Settings) -> bool:
+    now = utcnow()
+    claimable = ((Job.status == JobStatus.QUEUED)
+                 | ((Job.status == JobStatus.RUNNING) & (Job.lease_expires_at < now)))
+    with session_scope(settings) as s:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, claimable, Job.cancel_requested.is_(False),
+                   Job.attempts < Job.max_attempts)
+            .values(status=JobStatus.RUNNING, lease_owner=worker_id, heartbeat_at=now,
+                    lease_expires_at=now + timedelta(seconds=settings.lease_s),
+                    attempts=Job.attempts + 1, stage="loading", progress=0.0, error=None,
+                    updated_at=now))
+        if res.rowcount == 1:
+            s.execute(update(Job).where(Job.id == job_id, Job.started_at.is_(None))
+                      .values(started_at=now))
+            return True
+        # Not claimable: close out jobs that can never run (canceled while stale, no attempts
+        # left) so they do not stay non-terminal forever.
+        job = s.get(Job, job_id)
+        if job is None or job.status in JobStatus.TERMINAL:
+            return False
+        stale = job.status == JobStatus.QUEUED or (job.lease_expires_at is not None
+                                                   and job.lease_expires_at < now)
+        if not stale:
+            return False
+        if job.cancel_requested:
+            _set_final(s, job, JobStatus.CANCELED,
+                       problems.problem_dict(problems.JOB_CANCELED, "cancel requested"))
+        elif job.attempts >= job.max_attempts:
+            _set_final(s, job, JobStatus.FAILED, problems.problem_dict(
+                problems.MAX_ATTEMPTS, f"gave up after {job.attempts} attempt(s); the worker "
+                "died or lost its lease each time"))
+        return False
+
+
+def _set_final(s, job: Job, status: str, error: dict | None) -> None:
+    now = utcnow()
+    job.status, job.error, job.stage = status, error, status
+    job.finished_at, job.updated_at, job.lease_owner = now, now, None
+
+
+class _Outcome:
+    def __init__(self, **kw) -> None:
+        self.__dict__.update(kw)
+
+
+def _load(settings: Settings, train_rec: DatasetRecord, test_rec: DatasetRecord):
+    store = Storage(settings.storage_root)
+    train = arrays_dataset(store.load_arrays(train_rec.array_path), name=train_rec.name)
+    test = arrays_dataset(store.load_arrays(test_rec.array_path), classes=train.classes,
+                          name=test_rec.name)
+    return train, test
+
+
+def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome:
+    from hostcp_core import DataError, split_test
+    from hostcp_core.evaluation import addition_curve, mislabel_report, random_order
+    from hostcp_core.evaluation.curves import subset_accuracy
+
+    reporter.phase("loading")
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        train_rec = s.get(DatasetRecord, job.train_dataset_id)
+        test_rec = s.get(DatasetRecord, job.test_dataset_id)
+        method, params = job.method, dict(job.params or {})
+        fraction, seed = job.fraction, job.seed
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    train, test = _load(settings, train_rec, test_rec)
+    # Part of the test set drives valuation; a disjoint held-out part draws the curves, so the
+    # curves do not measure subsets on the data that chose them.
+    try:
+        valuation_part, holdout = split_test(test, settings.holdout_fraction, seed=seed)
+        holdout_note = "held-out part of the test set"
+    except DataError:
+        valuation_part, holdout = test, test
+        holdout_note = "whole test set (too small to hold a part out)"
+    timings["load_s"] = time.perf_counter() - t
+
+    reporter.phase("valuing")
+    t = time.perf_counter()
+    valuer = build_valuer(method, fraction=fraction, seed=seed, params=params)
+    result = valuer.fit(train, valuation_part, progress=reporter.callback)
+    timings["valuation_s"] = time.perf_counter() - t
+
+    reporter.phase("mislabels")
+    t = time.perf_counter()
+    report = mislabel_report(train, result.values, seed=seed)
+    timings["mislabels_s"] = time.perf_counter() - t
+
+    reporter.phase("curves")
+    t = time.perf_counter()
+    fractions = [f for f in settings.curve_fractions if 0 < f <= 1]
+    device = params.get("device", "cpu") if params.get("device") in ("cpu", "cuda") else "cpu"
+    curves = []
+    orders = {"addition": result.ranking(), "random": random_order(train.n, seed=seed)}
+    total = 2 * len(fractions) + 1
+    done = 0
+    for name, order in orders.items():
+        frame = addition_curve(train, holdout, order, fractions, epochs=settings.curve_epochs,
+                               seed=seed, device=device)
+        for step, row in enumerate(frame.itertuples(index=False)):
+            curves.append({"curve": name, "step": step, "fraction": float(row.fraction),
+                           "n_points": int(row.n_points), "value": float(row.accuracy)})
+        done += len(fractions)
+        reporter.callback(_event("curves", done, total))
+    acc = subset_accuracy(train, holdout, result.selected, epochs=settings.curve_epochs,
+                          seed=seed, device=device)
+    curves.append({"curve": "subset", "step": 0, "fraction": len(result.selected) / train.n,
+                   "n_points": int(len(result.selected)), "value": float(acc)})
+    timings["curves_s"] = time.perf_counter() - t
+
+    summary = {"n_train": train.n, "n_test": test.n, "n_valuation": valuation_part.n,
+               "n_holdout": holdout.n, "curves_on": holdout_note,
+               "n_selected": int(len(result.selected)),
+               "n_suspected": int(report["suspected"].sum()),
+               "method_params": _jsonable(result.params), "extra": _jsonable(result.extra),
+               "method_timings": _jsonable(result.timings)}
+    return _Outcome(train=train, result=result, report=report, curves=curves, timings=timings,
+                    summary=summary)
+
+
+def _event(stage: str, step: int, total: int):
+    from hostcp_core import Progress
+
+    return Progress(stage=stage, step=step, total=total)
+
+
+def _point_rows(job_id: str, outcome: _Outcome) -> list[dict]:
+    train, result, report = outcome.train, outcome.result, outcome.report
+    n = train.n
+    rank = np.empty(n, dtype=np.int64)
+    rank[result.ranking()] = np.arange(1, n + 1)
+    selected = result.selected_mask
+    by_index = report.set_index("index")
+    given = train.label_names()
+    ids = train.ids
+    rows = []
+    for i in range(n):
+        r = by_index.loc[i]
+        rows.append({
+            "job_id": job_id, "point_index": i,
+            "point_id": None if ids is None else str(ids[i]),
+            "score": float(result.values[i]), "rank": int(rank[i]),
+            "selected": bool(selected[i]), "given_label": str(given[i]),
+            "suggested_label": str(r["suggested_label"]),
+            "mislabel_score": float(r["score"]), "mislabel_rank": int(r["rank"]),
+            "suspected_mislabel": bool(r["suspected"]),
+        })
+    return rows
+
+
+def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
+             total_s: float) -> str:
+    """All results and the final state in ONE transaction, only while we hold the lease."""
+    points = _point_rows(job_id, outcome)
+    now = utcnow()
+    with session_scope(settings) as s:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.lease_owner == worker_id,
+                   Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False))
+            .values(status=JobStatus.SUCCEEDED, stage="done", progress=1.0, finished_at=now,
+                    updated_at=now, lease_owner=None, error=None,
+                    timings={**outcome.timings, "total_s": total_s}, summary=outcome.summary))
+        if res.rowcount != 1:
+            s.rollback()
+            job = s.get(Job, job_id)
+            if job is not None and job.cancel_requested and job.lease_owner == worker_id:
+                _set_final(s, job, JobStatus.CANCELED,
+                           problems.problem_dict(problems.JOB_CANCELED, "cancel requested"))
+                return JobStatus.CANCELED
+            return SKIPPED  # lease lost: the other run owns the job now
+        # replace, never append: a rerun leaves exactly one set of rows
+        s.execute(delete(PointResult).where(PointResult.job_id == job_id))
+        s.execute(delete(CurvePoint).where(CurvePoint.job_id == job_id))
+        s.execute(insert(PointResult), points)
+        if outcome.curves:
+            s.execute(insert(CurvePoint), [{"job_id": job_id, **c} for c in outcome.curves])
+    return JobStatus.SUCCEEDED
+
+
+def _finish(job_id: str, worker_id: str, settings: Settings, status: str, error: dict) -> str:
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        if job is None or job.lease_owner != worker_id or job.status != JobStatus.RUNNING:
+            return SKIPPED
+        _set_final(s, job, status, error)
+    return status
+
+
+def _release(job_id: str, worker_id: str, settings: Settings) -> str:
+    """Give the job back to the queue without counting this attempt."""
+    with session_scope(settings) as s:
+        s.execute(update(Job).where(Job.id == job_id, Job.lease_owner == worker_id,
+                                    Job.status == JobStatus.RUNNING)
+                  .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
+                          attempts=Job.attempts - 1, stage="queued", updated_at=utcnow()))
+    return JobStatus.QUEUED
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None  # JSON has no NaN/inf
+    if isinstance(obj, np.ndarray):
+        return obj.tolist() if obj.size <= 100 else f"<array shape={obj.shape}>"
+    if isinstance(obj, float | int | str | bool) or obj is None:
+        return obj
+    return str(obj)

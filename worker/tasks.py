@@ -1,0 +1,12 @@
+"""Celery tasks: thin wrappers that only pass the job id to ``run_job``."""
+
+from __future__ import annotations
+
+from worker.celery_app import celery_app
+
+
+@celery_app.task(name="hostcp.run_job", ignore_result=True, acks_late=True)
+def run_job_task(job_id: str) -> str:
+    from worker.run_job import run_job
+
+    return run_job(job_id)
