@@ -85,28 +85,52 @@ def _dual_value(
     return lin + 0.5 * eps * quad + (alpha * g_a).sum(-1) + lam * g_l
 
 
-def _hessian(p: _Primal, Do_free: torch.Tensor, eps: float) -> torch.Tensor:
-    """M = diag([f, 0]) + B diag(W) Bᵀ, with the dual Hessian equal to −M/ε.
+class _Masks(NamedTuple):
+    free_n: torch.Tensor  # (B, n, n) float: Zn_ij strictly between 0 and u_j
+    free_o: torch.Tensor  # (B, n, m) float: Zo_ij strictly between 0 and 1
+    S: torch.Tensor  # (B, n, n) float: Zn_ij = u_j in a column with interior u
+    w: torch.Tensor  # (B, n): 1/(|S_:j| + 1) on interior columns, else 0
 
-    f_i counts free (strictly between bounds) entries of row i; B = [S; −1ᵀ] where S marks capped
-    entries (Zn_ij = u_j) in columns with interior u; W_j = 1/(k*_j + 1) on those columns.
+
+def _masks(p: _Primal, alpha: torch.Tensor, Do: torch.Tensor, eps: float, tie: float) -> _Masks:
+    """Active-set masks of the local affine piece of the primal map.
+
+    ``tie`` > 0 counts near-ties as tight (capped / at a bound): at a degenerate dual (non-unique
+    α, e.g. rows served only by shared capped facilities) Newton stops on the edge of the optimal
+    face, where a tight constraint's multiplier is 0 for this α but positive for others. Taking
+    every primal-tight constraint as active gives the derivative of the (generically
+    differentiable) primal map; the forward Newton uses tie = 0.
     """
-    B_, n, _ = p.Zn.shape
-    interior = (p.t > 0) & (p.t < eps)
-    u3 = p.u.unsqueeze(1)
-    free_n = (p.a > 0) & (p.a / eps < u3)
-    capped = (p.a / eps >= u3) & interior.unsqueeze(1)
-    f = free_n.sum(-1).to(p.Zn.dtype) + Do_free.sum(-1).to(p.Zn.dtype)
-    w = interior.to(p.Zn.dtype) / (p.kstar + 1).to(p.Zn.dtype)
-    S = capped.to(p.Zn.dtype)
-    SW = S * w.unsqueeze(1)
-    M = p.Zn.new_zeros(B_, n + 1, n + 1)
-    M[:, :n, :n] = torch.bmm(SW, S.transpose(1, 2))
+    dtype = p.Zn.dtype
+    r = p.a / eps
+    u = p.u
+    u3 = u.unsqueeze(1)
+    interior = (u > tie) & (u < 1 - tie)
+    free_n = (r > tie) & (r < u3 - tie)
+    S = (r >= u3 - tie) & interior.unsqueeze(1)
+    kS = S.sum(1)
+    w = interior.to(dtype) / (kS + 1).to(dtype)
+    zo = (alpha.unsqueeze(-1) - Do) / eps
+    free_o = (zo > tie) & (zo < 1 - tie)
+    return _Masks(free_n.to(dtype), free_o.to(dtype), S.to(dtype), w)
+
+
+def _hessian(mk: _Masks) -> torch.Tensor:
+    """M = diag([f, 0]) + B diag(w) Bᵀ, with the dual Hessian equal to −M/ε.
+
+    f_i counts free entries of row i; B = [S; −1ᵀ] where S marks capped entries (Zn_ij = u_j) in
+    columns with interior u; w_j = 1/(|S_:j| + 1) on those columns.
+    """
+    B_, n, _ = mk.S.shape
+    f = mk.free_n.sum(-1) + mk.free_o.sum(-1)
+    SW = mk.S * mk.w.unsqueeze(1)
+    M = mk.S.new_zeros(B_, n + 1, n + 1)
+    M[:, :n, :n] = torch.bmm(SW, mk.S.transpose(1, 2))
     M[:, :n, :n].diagonal(dim1=-2, dim2=-1).add_(f)
     col = -SW.sum(-1)
     M[:, :n, n] = col
     M[:, n, :n] = col
-    M[:, n, n] = w.sum(-1)
+    M[:, n, n] = mk.w.sum(-1)
     return M
 
 
@@ -162,9 +186,8 @@ def newton_solve(
         if bool(done.all()) or it >= max_iter:
             break
         it += 1
-        Do_free = (p.Zo > 0) & (p.Zo < 1)
         active = (lam > 0) | (g_l > 0)
-        M = _freeze_lambda(_hessian(p, Do_free, eps), active)
+        M = _freeze_lambda(_hessian(_masks(p, alpha, Do, eps, 0.0)), active)
         # Levenberg-Marquardt ridge, shrinking with the residual: global robustness on
         # degenerate/clustered instances, fast local convergence.
         ridge = (mu * torch.clamp(res, max=1.0) * eps + 1e-12).view(-1, 1, 1)
@@ -235,7 +258,14 @@ def _pinv_solve(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class _NativeSelection(torch.autograd.Function):
-    """Batched solve with implicit-function-theorem backward (float64 in, float64 out)."""
+    """Batched solve with implicit-function-theorem backward (float64 in, float64 out).
+
+    On the local affine piece (masks at the solution) the primal is linear in (α, λ, D):
+    free entries z = (α_i − D_ij)/ε; interior columns
+    u_j = (Σ_{k∈S_j}(α_k − Dn_kj) − λ)/(ε(|S_j|+1))
+    with capped entries equal to u_j. The backward is dL/dD = vjp_D(X, g + Jᵀ·μ-correction)
+    with μ = −M⁺ (ε ∂X/∂θ)ᵀ g; the pseudo-inverse is exact because that vector lies in range(M).
+    """
 
     @staticmethod
     def forward(
@@ -250,8 +280,12 @@ class _NativeSelection(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         alpha, lam, p, it, res = newton_solve(Dn, Do, budget, eps, tol, max_iter)
         info["iterations"], info["residual"] = it, res
+        tie = min(max(100.0 * tol, 1e-10), 1e-6)
+        mk = _masks(p, alpha, Do, eps, tie)
+        # The budget is active where λ > 0 or Σu is tight (same "tight means active" rule).
+        active = (lam > 0) | (p.u.sum(-1) >= budget - tie * max(1, Dn.shape[-1]))
         ctx.eps = eps
-        ctx.save_for_backward(Dn, Do, alpha, lam)
+        ctx.save_for_backward(mk.free_n, mk.free_o, mk.S, mk.w, active)
         return p.Zn, p.Zo, p.u
 
     @staticmethod
@@ -259,30 +293,27 @@ class _NativeSelection(torch.autograd.Function):
     def backward(
         ctx: Any, gZn: torch.Tensor, gZo: torch.Tensor, gu: torch.Tensor
     ) -> tuple[Any, ...]:
-        Dn, Do, alpha, lam = ctx.saved_tensors
+        free_n, free_o, S, w, active = ctx.saved_tensors
         eps = ctx.eps
-        n = Dn.shape[-1]
-        with torch.enable_grad():
-            a_ = alpha.detach().requires_grad_(True)
-            l_ = lam.detach().requires_grad_(True)
-            Dn_ = Dn.detach().requires_grad_(True)
-            Do_ = Do.detach().requires_grad_(True)
-            p = _primal(a_, l_, Dn_, Do_, eps)
-            outs = (p.Zn, p.Zo, p.u)
-            v_a, v_l = torch.autograd.grad(outs, (a_, l_), (gZn, gZo, gu), retain_graph=True)
-            Do_free = (p.Zo > 0) & (p.Zo < 1)
-            M = _hessian(_Primal(*(x.detach() for x in p)), Do_free, eps)
-            active = lam > 0
-            M = _freeze_lambda(M, active)
-            v = torch.cat([v_a, torch.where(active, v_l, torch.zeros_like(v_l)).unsqueeze(-1)], -1)
-            mu = -eps * _pinv_solve(M, v)
-            mu_a = mu[:, :n].unsqueeze(-1)
-            mu_l = mu[:, n].unsqueeze(-1)
-            gD = torch.autograd.grad(
-                outs, (Dn_, Do_), (gZn + mu_a, gZo + mu_a, gu - mu_l), allow_unused=True
-            )
-        dDn = gD[0] if gD[0] is not None else torch.zeros_like(Dn)
-        dDo = gD[1] if gD[1] is not None else torch.zeros_like(Do)
+        n = S.shape[-1]
+        mk = _Masks(free_n, free_o, S, w)
+
+        def col_agg(g_n: torch.Tensor, g_u: torch.Tensor) -> torch.Tensor:
+            # cotangent reaching each interior column's u_j (itself and its capped entries)
+            return w * (g_u + (S * g_n).sum(1))
+
+        h = col_agg(gZn, gu)
+        v_a = (free_o * gZo).sum(-1) + (free_n * gZn).sum(-1) + (S * h.unsqueeze(1)).sum(-1)
+        v_l = torch.where(active, -h.sum(-1), torch.zeros_like(h[:, 0]))
+        M = _freeze_lambda(_hessian(mk), active)
+        mu = -_pinv_solve(M, torch.cat([v_a, v_l.unsqueeze(-1)], -1))
+        mu_a = mu[:, :n].unsqueeze(-1)
+        gZn_t = gZn + mu_a
+        gZo_t = gZo + mu_a
+        gu_t = gu - mu[:, n].unsqueeze(-1)
+        h_t = col_agg(gZn_t, gu_t)
+        dDn = -(free_n * gZn_t + S * h_t.unsqueeze(1)) / eps
+        dDo = -(free_o * gZo_t) / eps
         return dDn, dDo, None, None, None, None, None
 
 
