@@ -1,0 +1,268 @@
+"""Native selection solver: KKT conditions, exact gradients (finite differences), API contract."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hostcp_core.selection import (
+    SelectionLayer,
+    SelectionOutput,
+    SolverError,
+    _native,
+    normalize_distances,
+    select_top_k,
+    solve_selection,
+)
+from hostcp_core.selection.instances import clustered_distances
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def _instance(n, m, batch=None, seed=0, **kw):
+    Dn, Do = clustered_distances(n, m, batch=batch, seed=seed, **kw)
+    return normalize_distances(Dn, Do)
+
+
+def _check_feasible(out: SelectionOutput, budget: float, atol: float = 1e-8) -> None:
+    rows = out.Zn.sum(-1) + out.Zo.sum(-1)
+    assert torch.allclose(rows, torch.ones_like(rows), atol=atol)
+    assert (out.u.sum(-1) <= budget + atol).all()
+    assert (out.Zn >= -atol).all() and (out.Zo >= -atol).all()
+    assert (out.Zn <= out.u.unsqueeze(-2) + atol).all()
+    assert (out.u <= 1 + atol).all() and (out.u >= -atol).all()
+
+
+def _kkt_objective(Dn, Do, out, eps):
+    return (
+        (Dn * out.Zn).sum()
+        + (Do * out.Zo).sum()
+        + 0.5 * eps * (out.Zn.square().sum() + out.Zo.square().sum() + out.u.square().sum())
+    )
+
+
+@pytest.mark.parametrize("n,m", [(12, 0), (16, 24), (40, 64)])
+@pytest.mark.parametrize("eps", [0.01, 0.05])
+def test_solution_is_feasible_and_optimal(n, m, eps):
+    Dn, Do = _instance(n, m, seed=n + m)
+    K = 0.25 * n
+    out = solve_selection(Dn, Do, K, eps=eps)
+    _check_feasible(out, K)
+    assert out.residual <= 1e-9 and out.iterations >= 1
+    # Optimality: no feasible perturbation toward a random feasible point lowers the objective.
+    f0 = _kkt_objective(Dn, Do, out, eps)
+    other = solve_selection(Dn + 0.3 * torch.rand_like(Dn), Do + 0.3 * torch.rand_like(Do), K, eps)
+    for s in (1e-3, 1e-1, 1.0):
+        mix = SelectionOutput(
+            (1 - s) * out.Zn + s * other.Zn,
+            (1 - s) * out.Zo + s * other.Zo,
+            (1 - s) * out.u + s * other.u,
+        )
+        assert _kkt_objective(Dn, Do, mix, eps) >= f0 - 1e-10
+
+
+def test_hessian_matches_autograd_jacobian():
+    # The closed-form generalised Hessian M must equal −ε ∂G/∂θ (G the dual gradient) at a
+    # generic (non-optimal) dual point, where every entry is strictly inside its piece.
+    n, m, eps = 10, 7, 0.05
+    Dn, Do = _instance(n, m, batch=1, seed=3)
+    K = torch.tensor([3.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    alpha, lam, *_ = _native.newton_solve(Dn, Do, K, eps)
+    # a slightly perturbed optimal dual: realistic pieces, no ties
+    theta = torch.cat([alpha[0], lam]) + 0.02 * eps * torch.randn(
+        n + 1, generator=g, dtype=torch.float64
+    )
+    theta[n] = theta[n].abs()
+
+    def G(th):
+        p = _native._primal(th[None, :n], th[None, n], Dn, Do, eps)
+        ga, gl = _native._grad(p, K)
+        return torch.cat([ga[0], gl])
+
+    J = torch.autograd.functional.jacobian(G, theta)
+    p = _native._primal(theta[None, :n], theta[None, n], Dn, Do, eps)
+    M = _native._hessian(_native._masks(p, theta[None, :n], Do, eps, 0.0))[0]
+    assert M[:n, :n].diagonal().min() > 0 and M[n, n] > 0  # non-trivial pieces
+    torch.testing.assert_close(-eps * J, M, atol=1e-10, rtol=0)
+
+
+def _fd_check(n, m, eps, seed, batch=None):
+    Dn, Do = _instance(n, m, batch=batch, seed=seed)
+    K = max(1.0, 0.2 * n)
+    g = torch.Generator().manual_seed(seed)
+    wn = torch.randn(Dn.shape, generator=g, dtype=torch.float64)
+    wu = torch.randn(Dn.shape[:-1], generator=g, dtype=torch.float64)
+    wo = torch.randn(Do.shape, generator=g, dtype=torch.float64)
+
+    def loss(a, b):
+        o = solve_selection(a, b, K, eps=eps, tol=1e-12)
+        return (o.Zn * wn).sum() + (o.u * wu).sum() + (o.Zo * wo).sum()
+
+    Dn_, Do_ = Dn.clone().requires_grad_(True), Do.clone().requires_grad_(True)
+    loss(Dn_, Do_).backward()
+    gDo = Do_.grad if Do_.grad is not None else torch.zeros_like(Do)
+    assert Dn_.grad.abs().sum() > 0  # an informative gradient, unlike the LP's
+    h = 1e-7
+    errs = []
+    for _ in range(3):
+        vn = torch.randn(Dn.shape, generator=g, dtype=torch.float64)
+        vo = torch.randn(Do.shape, generator=g, dtype=torch.float64)
+        norm = (vn.square().sum() + vo.square().sum()).sqrt()
+        vn, vo = vn / norm, vo / norm
+        with torch.no_grad():
+            fd = (loss(Dn + h * vn, Do + h * vo) - loss(Dn - h * vn, Do - h * vo)) / (2 * h)
+        an = (Dn_.grad * vn).sum() + (gDo * vo).sum()
+        # relative error, with a floor for directions along which the solution is constant
+        errs.append(float((fd - an).abs() / max(fd.abs(), an.abs(), 1e-3)))
+    return max(errs)
+
+
+@pytest.mark.parametrize("n,m,seed", [(10, 0, 0), (16, 16, 1), (24, 48, 2), (48, 96, 5)])
+@pytest.mark.parametrize("eps", [0.01, 0.05])
+def test_gradient_matches_finite_differences(n, m, seed, eps):
+    assert _fd_check(n, m, eps, seed) <= 1e-5
+
+
+def test_gradient_batched_finite_differences():
+    assert _fd_check(12, 20, 0.05, seed=7, batch=3) <= 1e-5
+
+
+def test_gradient_through_layer_normalisation_and_float32():
+    Dn, Do = clustered_distances(16, 8, seed=4, dtype=torch.float32)
+    Dn.requires_grad_(True)
+    Do.requires_grad_(True)
+    out = SelectionLayer(fraction=0.25, eps=0.05)(Dn, Do)
+    assert out.u.dtype == torch.float32 and out.Zn.dtype == torch.float32
+    out.u.square().sum().backward()
+    assert Dn.grad.dtype == torch.float32 and torch.isfinite(Dn.grad).all()
+    assert Dn.grad.abs().sum() > 0
+
+
+def test_batched_equals_per_problem():
+    Dn, Do = _instance(14, 9, batch=4, seed=11)
+    budget = torch.tensor([2.0, 3.0, 3.5, 5.0])
+    out = solve_selection(Dn, Do, budget, eps=0.03)
+    for b in range(4):
+        one = solve_selection(Dn[b], Do[b], float(budget[b]), eps=0.03)
+        torch.testing.assert_close(out.u[b], one.u, atol=1e-9, rtol=0)
+        torch.testing.assert_close(out.Zn[b], one.Zn, atol=1e-9, rtol=0)
+        torch.testing.assert_close(out.Zo[b], one.Zo, atol=1e-9, rtol=0)
+        _check_feasible(one, float(budget[b]))
+
+
+def test_no_old_points_and_budget_binds():
+    Dn, Do = _instance(20, 0, seed=2, clusters=6)
+    out = solve_selection(Dn, Do, 4.0, eps=0.05)
+    assert out.Zo.shape == (20, 0)
+    _check_feasible(out, 4.0)
+    # Without old points every row needs an open new column; 6 clusters, budget 4: binding.
+    assert abs(float(out.u.sum()) - 4.0) < 1e-8
+
+
+def test_far_old_points_change_nothing():
+    # Old points far beyond every new distance are never used: same solution as m = 0.
+    Dn, _ = _instance(15, 0, seed=5)
+    Do = torch.full((15, 7), 50.0, dtype=torch.float64)
+    with_old = solve_selection(Dn, Do, 3.0, eps=0.05)
+    without = solve_selection(Dn, Do[:, :0], 3.0, eps=0.05)
+    assert float(with_old.Zo.abs().max()) == 0.0
+    torch.testing.assert_close(with_old.u, without.u, atol=1e-9, rtol=0)
+    torch.testing.assert_close(with_old.Zn, without.Zn, atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("eps", [0.001, 0.005])
+def test_degenerate_clustered_small_eps(eps):
+    # Duplicated points (zero off-diagonal distances) and tight clusters.
+    Dn, Do = _instance(24, 16, seed=9, clusters=3, spread=0.02)
+    idx = torch.arange(0, 24, 2)
+    Dn = Dn.clone()
+    Dn[idx, idx + 1] = 0.0
+    Dn[idx + 1, idx] = 0.0
+    out = solve_selection(Dn, Do, 4.8, eps=eps, max_iter=400)
+    _check_feasible(out, 4.8)
+
+
+def test_solver_error_when_iterations_run_out():
+    Dn, Do = _instance(16, 8, seed=1)
+    with pytest.raises(SolverError) as info:
+        solve_selection(Dn, Do, 3.0, eps=0.01, max_iter=1)
+    assert info.value.residual > 1e-9
+
+
+def test_eps_zero_refused():
+    with pytest.raises(ValueError, match="gradient"):
+        SelectionLayer(eps=0.0)
+    with pytest.raises(ValueError, match="gradient"):
+        solve_selection(torch.zeros(3, 3), torch.ones(3, 2), 1.0, eps=0.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"eps": -0.1}, {"fraction": 0.0}, {"fraction": 1.5}, {"solver": "scs"}]
+)
+def test_bad_configuration_refused(kwargs):
+    with pytest.raises(ValueError):
+        SelectionLayer(**kwargs)
+
+
+def test_bad_shapes_and_budgets_refused():
+    with pytest.raises(ValueError):
+        solve_selection(torch.zeros(3, 4), torch.zeros(3, 2), 1.0)  # Dn not square
+    with pytest.raises(ValueError):
+        solve_selection(torch.zeros(3, 3), torch.zeros(4, 2), 1.0)  # rows differ
+    with pytest.raises(ValueError):
+        solve_selection(torch.zeros(2, 3, 3), torch.zeros(3, 3, 2), 1.0)  # batch differs
+    with pytest.raises(ValueError):
+        solve_selection(torch.zeros(3, 3), torch.zeros(3, 0), 0.5)  # m = 0 needs K >= 1
+    with pytest.raises(ValueError):
+        solve_selection(torch.zeros(2, 3, 3), torch.zeros(2, 3, 1), torch.ones(3))
+    with pytest.raises(ValueError):
+        solve_selection(torch.full((3, 3), float("nan")), torch.zeros(3, 1), 1.0)
+
+
+def test_layer_is_scale_invariant_with_normalisation():
+    Dn, Do = clustered_distances(12, 6, seed=8)
+    layer = SelectionLayer(fraction=0.25, eps=0.05)
+    a, b = layer(Dn, Do), layer(7.0 * Dn, 7.0 * Do)
+    torch.testing.assert_close(a.u, b.u, atol=1e-7, rtol=0)
+
+
+def test_select_top_k_sizes_and_ties():
+    Dn, Do = _instance(20, 10, batch=2, seed=6)
+    out = SelectionLayer(fraction=0.2, eps=0.05)(Dn, Do)
+    idx = select_top_k(out.u, 4)
+    assert idx.shape == (2, 4) and idx.dtype == torch.long
+    for b in range(2):
+        assert len(set(idx[b].tolist())) == 4
+        assert float(out.u[b, idx[b]].min()) >= float(out.u[b].sort(descending=True).values[3])
+    # Ties in u are broken by column mass of Zn.
+    u = torch.tensor([1.0, 0.5, 1.0, 0.0])
+    Zn = torch.zeros(4, 4)
+    Zn[:, 2] = 1.0
+    Zn[0, 0] = 0.5
+    assert select_top_k(u, 2, Zn).tolist() == [2, 0]
+    assert select_top_k(SelectionOutput(Zn, torch.zeros(4, 0), u), 1).tolist() == [2]
+    with pytest.raises(ValueError):
+        select_top_k(u, 5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    Dn, Do = _instance(32, 48, batch=3, seed=12)
+    cpu = solve_selection(Dn, Do, 6.0, eps=0.05)
+    Dn_c = Dn.cuda().requires_grad_(True)
+    Do_c = Do.cuda().requires_grad_(True)
+    gpu = solve_selection(Dn_c, Do_c, 6.0, eps=0.05)
+    assert gpu.u.device.type == "cuda"
+    torch.testing.assert_close(gpu.u.cpu(), cpu.u, atol=1e-8, rtol=0)
+    gpu.u.sum().backward()
+    Dn_r = Dn.clone().requires_grad_(True)
+    solve_selection(Dn_r, Do, 6.0, eps=0.05).u.sum().backward()
+    torch.testing.assert_close(Dn_c.grad.cpu(), Dn_r.grad, atol=1e-7, rtol=1e-6)
