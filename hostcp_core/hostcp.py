@@ -1,0 +1,354 @@
+"""HOST-CP (Algorithm 1): online facility-location selection trained jointly with the model.
+
+Per minibatch D_t:
+  1. represent each point by what the classifier knows (its hidden layer and/or its last-layer
+     gradient embedding), embed it with h(·; φ) and compute distances to the batch and to the
+     k nearest points selected so far (the old set O_t);
+  2. solve the convex selection layer (DESIGN §3) for u;
+  3. SGD step on θ with the u-weighted loss (eq. 8);
+  4. one-step look-ahead θ̂ = θ − α∇θL(θ; u), V = test loss at θ̂ (eq. 9), and a step on φ
+     along ∇φV, which reaches φ only through u (eq. 12).
+The per-point score is the mean of u_j over the epochs after warm-up; the subset is its top ⌈γn⌉.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+from torch.nn import functional as F
+
+from hostcp_core.data import Dataset
+from hostcp_core.device import resolve_device
+from hostcp_core.models import MLP
+from hostcp_core.progress import ProgressCallback, report
+from hostcp_core.result import ValuationResult, subset_size
+from hostcp_core.selection import SelectionLayer, select_top_k
+from hostcp_core.valuer import Valuer
+
+EMBEDDINGS = ("hidden", "gradient", "hidden+gradient", "raw")
+SCORES = ("mass", "mean_u", "cost")
+# Cross-class distances (class-conditional mode) are this many mean distances: a constant, so a
+# point is represented by another class only when nothing else is feasible.
+_CROSS_CLASS_DISTANCE = 8.0
+
+
+class _Embedding(nn.Module):
+    """h(r; φ) and the representative cost c(r; φ) ≥ 0 (an optional column cost of the
+    distance d_ij = D(h_i, h_j) + c_j: how costly point j is as a representative)."""
+
+    def __init__(self, d_in: int, dim: int, width: int, cost_head: bool):
+        super().__init__()
+        self.map = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, dim))
+        self.cost = None
+        if cost_head:
+            self.cost = nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, 1))
+            # Start from a constant cost: a constant column cost leaves the program's solution
+            # unchanged, so training starts at plain facility location.
+            nn.init.zeros_(self.cost[-1].weight)
+            nn.init.zeros_(self.cost[-1].bias)
+
+    def forward(self, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        c = None if self.cost is None else F.softplus(self.cost(r)).squeeze(-1)
+        return self.map(r), c
+
+
+class HostCP(Valuer):
+    """HOST-CP valuer.
+
+    Parameters
+    ----------
+    fraction: γ, the fraction of the training set to select.
+    embedding: what h embeds: ``"hidden"`` (the classifier's last hidden layer),
+        ``"gradient"`` (per-example last-layer gradient embedding (p − y) ⊗ [a, 1]),
+        ``"hidden+gradient"``, or ``"raw"`` (the input features; a weak control).
+    class_conditional: a point may be represented only by points of its own label.
+    cost_head: learn a representative cost c_j added to every distance to j.
+    learn_embedding: train φ through the layer (False freezes φ at its random init).
+    eps: the layer's regulariser, relative to the mean distance.
+    old_set_size: k, the number of nearest selected points the layer sees.
+    score: the per-point value: ``"mass"`` (default), the mean over epochs of how much of the
+        data a point represents (its column mass in Zn when in a batch plus in Zo while in the
+        old set): typical, well-placed points represent many, outliers and mislabelled points
+        only themselves; ``"mean_u"``, the mean opening u_j (favours outliers: each must be
+        covered by someone); ``"cost"``, minus the learned representative cost.
+    solver: ``"native"`` (fast, default) or ``"cvxpylayers"`` (reference; small batches only).
+    """
+
+    name = "hostcp"
+
+    def __init__(
+        self,
+        fraction: float = 0.2,
+        *,
+        embedding: str = "hidden+gradient",
+        class_conditional: bool = True,
+        cost_head: bool = True,
+        learn_embedding: bool = True,
+        epochs: int = 12,
+        warmup_epochs: int = 2,
+        batch_size: int = 64,
+        hidden: Sequence[int] = (64, 64),
+        embed_dim: int = 16,
+        embed_width: int = 64,
+        lr: float = 1e-3,
+        embed_lr: float = 3e-3,
+        lookahead_lr: float = 0.1,
+        weight_decay: float = 1e-4,
+        test_batch_size: int = 256,
+        eps: float = 0.05,
+        old_set_size: int = 40,
+        score: str = "mass",
+        solver: str = "native",
+        seed: int = 0,
+        device: str = "auto",
+    ):
+        self.fraction = fraction
+        self.embedding = embedding
+        self.class_conditional = class_conditional
+        self.cost_head = cost_head
+        self.learn_embedding = learn_embedding
+        self.epochs = epochs
+        self.warmup_epochs = warmup_epochs
+        self.batch_size = batch_size
+        self.hidden = hidden
+        self.embed_dim = embed_dim
+        self.embed_width = embed_width
+        self.lr = lr
+        self.embed_lr = embed_lr
+        self.lookahead_lr = lookahead_lr
+        self.weight_decay = weight_decay
+        self.test_batch_size = test_batch_size
+        self.eps = eps
+        self.old_set_size = old_set_size
+        self.score = score
+        self.solver = solver
+        self.seed = seed
+        self.device = device
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if self.epochs <= self.warmup_epochs:
+            raise ValueError("epochs must exceed warmup_epochs (scores come after warm-up)")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2")
+        if self.old_set_size < 0:
+            raise ValueError("old_set_size must be >= 0")
+
+    # ------------------------------------------------------------------ representation
+    def _represent(self, model: MLP, x: torch.Tensor, y: torch.Tensor,
+                   scales: torch.Tensor | None = None) -> torch.Tensor:
+        """What h embeds, detached: θ is trained by its own loss, φ only through the layer.
+        Each block is divided by its scale (its mean row norm over the training set, fixed for
+        an epoch) so that blocks weigh alike and batches and old points share one scale."""
+        with torch.no_grad():
+            if self.embedding == "raw":
+                blocks = [(x - model.mean) / model.scale]
+            else:
+                a = model.features(x)
+                blocks = []
+                if "hidden" in self.embedding:
+                    blocks.append(a)
+                if "gradient" in self.embedding:
+                    p = torch.softmax(model.head(a), dim=1)
+                    g = p - F.one_hot(y, p.shape[1]).to(p.dtype)
+                    a1 = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
+                    # the CE loss's gradient w.r.t. the head (weights and bias), flattened
+                    blocks.append((g[:, :, None] * a1[:, None, :]).flatten(1))
+            if scales is None:
+                return torch.stack([bl.norm(dim=1).mean().clamp_min(1e-12) for bl in blocks])
+            return torch.cat([bl / s for bl, s in zip(blocks, scales, strict=True)], dim=1)
+
+    # ------------------------------------------------------------------ main loop
+    def _fit(self, train: Dataset, test: Dataset, *,
+             progress: ProgressCallback | None) -> ValuationResult:
+        self._check_params()
+        dev = resolve_device(self.device)
+        torch.manual_seed(self.seed)
+        gen = torch.Generator().manual_seed(self.seed)
+        X = torch.as_tensor(train.X, device=dev)
+        Y = torch.as_tensor(train.y, device=dev)
+        Xt = torch.as_tensor(test.X, device=dev)
+        Yt = torch.as_tensor(test.y, device=dev)
+        n, K = train.n, train.n_classes
+
+        model = MLP(train.n_features, K, self.hidden).to(dev)
+        model.set_standardisation(X)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        scales = self._represent(model, X, Y)
+        d_rep = self._represent(model, X[:2], Y[:2], scales).shape[1]
+        embed = _Embedding(d_rep, self.embed_dim, self.embed_width, self.cost_head).to(dev)
+        embed_opt = torch.optim.Adam(embed.parameters(), lr=self.embed_lr)
+        layer = SelectionLayer(fraction=self.fraction, eps=self.eps, solver=self.solver,
+                               normalize=False)
+
+        u_sum = torch.zeros(n, dtype=torch.float64, device=dev)
+        mass_sum = torch.zeros(n, dtype=torch.float64, device=dev)
+        # −dV/du_j summed over epochs: the value signal that reaches φ (a diagnostic)
+        signal_sum = torch.zeros(n, dtype=torch.float64, device=dev)
+        u_count = 0
+        n_batches = math.ceil(n / self.batch_size)
+        total_steps = self.epochs * n_batches
+        t_start = time.perf_counter()
+        t_layer = 0.0
+        grad_norms: list[float] = []
+        step = 0
+        for epoch in range(self.epochs):
+            perm = torch.randperm(n, generator=gen).to(dev)
+            warm = epoch < self.warmup_epochs
+            scales = self._represent(model, X, Y)
+            selected_mask = torch.zeros(n, dtype=torch.bool, device=dev)
+            epoch_loss = 0.0
+            for b in range(n_batches):
+                idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+                xb, yb = X[idx], Y[idx]
+                if warm or len(idx) < 2:
+                    loss = F.cross_entropy(model(xb), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                else:
+                    t0 = time.perf_counter()
+                    out, old_idx = self._select(model, embed, layer, X, Y, idx, selected_mask,
+                                                scales)
+                    u = out.u
+                    # off-diagonal: a point opened only for itself represents nobody else
+                    Zn = out.Zn.detach()
+                    mass_sum[idx] += (Zn.sum(0) - Zn.diagonal()).double()
+                    mass_sum[old_idx] += out.Zo.detach().sum(0).double()
+                    t_layer += time.perf_counter() - t0
+                    loss, gnorm, dV_du = self._joint_step(model, opt, embed, embed_opt, xb, yb,
+                                                          u, Xt, Yt, gen)
+                    signal_sum[idx] -= dV_du.double()
+                    grad_norms.append(gnorm)
+                    ud = u.detach()
+                    u_sum[idx] += ud.double()
+                    k = subset_size(len(idx), self.fraction)
+                    selected_mask[idx[select_top_k(ud, k)]] = True
+                epoch_loss += float(loss.detach()) * len(idx)
+                step += 1
+                report(progress, "train", step, total_steps, epoch=epoch, batch=b,
+                       loss=float(loss.detach()))
+            if not warm:
+                u_count += 1
+
+        mean_u = (u_sum / max(u_count, 1)).cpu().numpy()
+        values = (mass_sum / max(u_count, 1)).cpu().numpy()
+        extra = {"mean_u": mean_u.tolist(), "signal": signal_sum.cpu().numpy().tolist()}
+        if self.score == "mean_u":
+            values = mean_u
+        if embed.cost is not None:
+            with torch.no_grad():
+                _, c = embed(self._represent(model, X, Y, self._represent(model, X, Y)))
+            cost = c.double().cpu().numpy()
+            extra["cost"] = cost.tolist()
+            if self.score == "cost":
+                values = -cost
+        elif self.score == "cost":
+            raise ValueError(f"score={self.score!r} needs cost_head=True")
+        self.model_ = model.eval()
+        self.embedding_ = embed.eval()
+        extra.update({"epochs_scored": u_count,
+                      "phi_grad_norm_median": float(np.median(grad_norms)) if grad_norms else 0.0,
+                      "final_loss": epoch_loss / n})
+        timings = {"layer_s": t_layer, "train_s": time.perf_counter() - t_start,
+                   "per_point_epoch_ms": 1e3 * (time.perf_counter() - t_start)
+                   / (n * self.epochs)}
+        return ValuationResult.from_values(values, self.fraction, self.name, timings=timings,
+                                           extra=extra)
+
+    def _select(self, model, embed, layer, X, Y, idx, selected_mask, scales):
+        """Distances of the batch to itself and to its k nearest selected points; solve the
+        layer. Returns its output and the training indices of the old points it saw."""
+        xb, yb = X[idx], Y[idx]
+        rb = self._represent(model, xb, yb, scales)
+        hb, cb = embed(rb)
+        Dn = _pairwise(hb, hb)
+        old = torch.nonzero(selected_mask).flatten()
+        if old.numel() and self.old_set_size:
+            ro = self._represent(model, X[old], Y[old], scales)
+            with torch.no_grad():
+                ho_all, _ = embed(ro)
+                d_all = torch.cdist(hb.detach(), ho_all)
+                if self.class_conditional:
+                    d_all = d_all.masked_fill(yb[:, None] != Y[old][None, :], float("inf"))
+                nearest = d_all.min(0).values
+                keep = torch.topk(-nearest, min(self.old_set_size, old.numel())).indices
+                keep = keep[torch.isfinite(nearest[keep])]
+            ho, co = embed(ro[keep])
+            Do = _pairwise(hb, ho)
+            yo = Y[old][keep]
+            old = old[keep]
+        else:
+            Do = hb.new_zeros(len(idx), 0)
+            co = None if cb is None else cb.new_zeros(0)
+            yo = yb.new_zeros(0)
+            old = old[:0]
+        scale = torch.cat([Dn.flatten(), Do.flatten()]).mean().detach().clamp_min(1e-12)
+        Dn, Do = Dn / scale, Do / scale
+        if cb is not None:
+            Dn = Dn + cb[None, :] * (1 - torch.eye(len(idx), device=Dn.device))
+            Do = Do + co[None, :]
+        if self.class_conditional:
+            Dn = torch.where(yb[:, None] == yb[None, :], Dn, Dn.new_tensor(_CROSS_CLASS_DISTANCE))
+            Do = torch.where(yb[:, None] == yo[None, :], Do, Do.new_tensor(_CROSS_CLASS_DISTANCE))
+        return layer(Dn, Do), old
+
+    def _joint_step(self, model, opt, embed, embed_opt, xb, yb, u, Xt, Yt, gen):
+        """θ step on the u-weighted loss (eq. 8); φ step on the look-ahead test loss (eq. 9, 12)."""
+        params = {k: v.detach() for k, v in model.named_parameters()}
+        buffers = dict(model.named_buffers())
+        norm = self.fraction * len(xb)
+
+        def losses(p):
+            return F.cross_entropy(functional_call(model, (p, buffers), (xb,)), yb,
+                                   reduction="none")
+
+        # θ step with u held fixed.
+        ud = u.detach()
+        per_point = F.cross_entropy(model(xb), yb, reduction="none")
+        loss = (ud * per_point).sum() / norm
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads = {k: v.grad.detach().clone() for k, v in model.named_parameters()}
+        if not self.learn_embedding:
+            opt.step()
+            return loss.detach(), 0.0, torch.zeros_like(ud)
+        # Look-ahead: θ̂ = θ − α ∇θL(θ; u). dV/du_j = −(α/γ|D_t|) ⟨∇θ̂V, ∇θℓ_j(θ)⟩; the inner
+        # products for the whole batch are one forward-mode JVP of the per-point losses.
+        theta_hat = {k: params[k] - self.lookahead_lr * grads[k] for k in params}
+        tb = torch.randint(0, Xt.shape[0], (min(self.test_batch_size, Xt.shape[0]),),
+                           generator=gen).to(Xt.device)
+        th = {k: v.clone().requires_grad_(True) for k, v in theta_hat.items()}
+        V = F.cross_entropy(functional_call(model, (th, buffers), (Xt[tb],)), Yt[tb])
+        gV = torch.autograd.grad(V, list(th.values()))
+        _, dots = jvp(losses, (params,), (dict(zip(th.keys(), gV, strict=True)),))
+        dV_du = -(self.lookahead_lr / norm) * dots.detach()
+        opt.step()
+        embed_opt.zero_grad(set_to_none=True)
+        surrogate = (dV_du.to(u.dtype) * u).sum()
+        surrogate.backward()
+        gnorm = float(sum(p.grad.norm() ** 2 for p in embed.parameters()
+                          if p.grad is not None) ** 0.5)
+        embed_opt.step()
+        return loss.detach(), gnorm, dV_du
+
+
+def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact Euclidean distances with a safe gradient at zero distance (no matmul shortcut:
+    torch.cdist's is inexact, see reference/selection-layer.md)."""
+    diff = a[:, None, :] - b[None, :, :]
+    sq = (diff * diff).sum(-1)
+    zero = sq <= 1e-24
+    return torch.where(zero, torch.zeros_like(sq), torch.sqrt(torch.where(zero, 1.0, sq)))
