@@ -38,7 +38,7 @@ class InfluenceFunction(Valuer):
     name = "influence"
 
     def __init__(self, fraction: float = 0.2, seed: int = 0, device: str = "auto",
-                 model: str = "logreg", method: str = "auto", l2: float = 0.01,
+                 model: str = "logreg", method: str = "auto", l2: float = 0.1,
                  damping: float = 0.0, last_layer: bool = True,
                  hidden: Sequence[int] = (64,), epochs: int = 60, lr: float = 1e-3,
                  cg_tol: float = 1e-8, cg_max_iter: int = 100,

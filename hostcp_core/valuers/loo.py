@@ -30,7 +30,7 @@ class LeaveOneOut(Valuer):
     name = "loo"
 
     def __init__(self, fraction: float = 0.2, seed: int = 0, device: str = "auto",
-                 metric: str = "log_loss", l2: float = 0.01, tol: float = 1e-9,
+                 metric: str = "log_loss", l2: float = 0.1, tol: float = 1e-9,
                  max_iter: int = 30):
         self.fraction = fraction
         self.seed = seed
