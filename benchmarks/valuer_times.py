@@ -1,0 +1,84 @@
+"""Run time of each valuer on 1000 synthetic training points (make_synthetic(1000, 1000, seed=0)).
+
+Every valuer runs with its shipped defaults except the two whose defaults take long on a CPU:
+TMC-Shapley runs ``--tmc-permutations`` permutations (default cap 1000, or until converged)
+and DVRL ``--dvrl-iterations`` outer iterations (default 2000); for these the table also gives
+the time extrapolated linearly to the defaults (both costs are linear in that count). 10% of
+the training labels are flipped so the table can also show each valuer's flip-detection AUC
+(clean vs flipped, from the values). Usage:
+
+    OMP_NUM_THREADS=1 python benchmarks/valuer_times.py [--threads 1] [--out results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from hostcp_core import flip_labels, get_valuer, make_synthetic
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tmc-permutations", type=int, default=10)
+    ap.add_argument("--dvrl-iterations", type=int, default=20)
+    ap.add_argument("--methods", default="random,knn_shapley,data_oob,loo,influence,tracin,"
+                    "tmc_shapley,dvrl")
+    ap.add_argument("--out", default=None, help="also write the table to this file")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    train, test = make_synthetic(args.n, 1000, seed=0)
+    noisy, flipped = flip_labels(train, 0.1, seed=0)
+    is_clean = np.ones(noisy.n, dtype=bool)
+    is_clean[flipped] = False
+
+    runs = {
+        "random": ({}, None),
+        "knn_shapley": ({}, None),
+        "data_oob": ({}, None),
+        "loo": ({}, None),
+        "influence": ({}, None),
+        "tracin": ({}, None),
+        "tmc_shapley": ({"max_permutations": args.tmc_permutations,
+                         "check_every": args.tmc_permutations}, ("max_permutations", 1000)),
+        "dvrl": ({"iterations": args.dvrl_iterations}, ("iterations", 2000)),
+    }
+    rows = []
+    for method in args.methods.split(","):
+        params, scaled = runs[method]
+        valuer = get_valuer(method, device=args.device, **params)
+        t0 = time.perf_counter()
+        res = valuer.fit(noisy, test)
+        secs = time.perf_counter() - t0
+        auc = roc_auc_score(is_clean, res.values)
+        setting = ", ".join(f"{k}={v}" for k, v in params.items() if k != "check_every")
+        if scaled:
+            key, full = scaled
+            done = res.extra.get("n_permutations", params[key])
+            extrapolated = f"{secs * full / done:,.0f} s at {key}={full}"
+        else:
+            extrapolated = ""
+        rows.append((method, setting or "defaults", f"{secs:.2f}", extrapolated, f"{auc:.3f}"))
+        print(f"{method}: {secs:.2f} s, flip AUC {auc:.3f}", flush=True)
+
+    header = ("| method | settings | time (s) | extrapolated to defaults | flip AUC |\n"
+              "|---|---|---:|---|---:|")
+    table = "\n".join([header] + ["| " + " | ".join(r) + " |" for r in rows])
+    note = (f"\nn = {args.n} train, 1000 test, 50 features, 10% flipped labels; device "
+            f"{args.device}, {args.threads} torch thread(s).")
+    print("\n" + table + note)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(table + note + "\n")
+
+
+if __name__ == "__main__":
+    main()
