@@ -72,8 +72,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.env == "prod" and self.secret_key == PLACEHOLDER_SECRET:
-            raise ValueError("HOSTCP_SECRET_KEY must be set outside dev/test")
+        if self.env == "prod" and (self.secret_key == PLACEHOLDER_SECRET
+                                   or len(self.secret_key) < 16):
+            raise ValueError("HOSTCP_SECRET_KEY must be set (16+ characters) in prod")
         if self.auth == "disabled" and not self.embedded:
             raise ValueError("HOSTCP_AUTH=disabled is allowed only in embedded mode (no broker)")
         if self.time_limit_s <= self.soft_time_limit_s:
