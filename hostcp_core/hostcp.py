@@ -78,6 +78,8 @@ class HostCP(Valuer):
         only themselves; ``"mean_u"``, the mean opening u_j (favours outliers: each must be
         covered by someone); ``"cost"``, minus the learned representative cost.
     solver: ``"native"`` (fast, default) or ``"cvxpylayers"`` (reference; small batches only).
+    num_threads: torch CPU threads while fitting (restored after). The per-batch work is many
+        small ops, which run fastest on one thread and degrade badly on a shared CPU with more.
     """
 
     name = "hostcp"
@@ -107,6 +109,7 @@ class HostCP(Valuer):
         solver: str = "native",
         seed: int = 0,
         device: str = "auto",
+        num_threads: int | None = 1,
     ):
         self.fraction = fraction
         self.embedding = embedding
@@ -130,6 +133,7 @@ class HostCP(Valuer):
         self.solver = solver
         self.seed = seed
         self.device = device
+        self.num_threads = num_threads
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -174,6 +178,16 @@ class HostCP(Valuer):
     def _fit(self, train: Dataset, test: Dataset, *,
              progress: ProgressCallback | None) -> ValuationResult:
         self._check_params()
+        previous = torch.get_num_threads()
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        try:
+            return self._run(train, test, progress)
+        finally:
+            torch.set_num_threads(previous)
+
+    def _run(self, train: Dataset, test: Dataset,
+             progress: ProgressCallback | None) -> ValuationResult:
         dev = resolve_device(self.device)
         torch.manual_seed(self.seed)
         gen = torch.Generator().manual_seed(self.seed)

@@ -1,0 +1,195 @@
+"""The ``hostcp`` command line. ``hostcp value`` values a training set for a test set.
+
+Service commands (``serve``, ``worker``, ``keys``, ``remote`` …) are added by ``app.cli`` when the
+service extra is installed; this module never imports it at module level.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from hostcp_core.data import split_test
+from hostcp_core.errors import DataError
+from hostcp_core.loaders import load_train_test
+from hostcp_core.progress import Progress
+from hostcp_core.result import subset_size
+from hostcp_core.valuer import available_methods, get_valuer
+
+SAMPLE_PREFIX = "sample:"
+
+
+def resolve_sample(path: str) -> str:
+    """``sample:train`` / ``sample:test`` name the small bundled dataset."""
+    if not path.startswith(SAMPLE_PREFIX):
+        return path
+    name = path[len(SAMPLE_PREFIX):]
+    ref = resources.files("hostcp_core") / "sample_data" / f"{name}.csv"
+    if not ref.is_file():
+        raise DataError(f"{path}: no such bundled sample (use sample:train or sample:test)")
+    return str(ref)
+
+
+def _parse_params(items: list[str]) -> dict:
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--param {item!r}: expected KEY=VALUE")
+        key, raw = item.split("=", 1)
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+class _Bar:
+    """A tqdm bar fed by progress events (one bar per stage)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, p: Progress) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if p.stage != self.stage:
+            self.close()
+            self.stage = p.stage
+            self.bar = tqdm(total=p.total, desc=p.stage, unit="step", file=sys.stderr,
+                            leave=False)
+        self.bar.n = p.step
+        if p.loss is not None:
+            self.bar.set_postfix(epoch=p.epoch, loss=f"{p.loss:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_value(args: argparse.Namespace) -> int:
+    from hostcp_core.models import accuracy, train_classifier
+
+    train_path, test_path = resolve_sample(args.train), resolve_sample(args.test)
+    params = _parse_params(args.param)
+    valuer = get_valuer(args.method, fraction=args.fraction, seed=args.seed, **params)
+    if not 0.0 < args.fraction <= 1.0:
+        raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
+    train, test = load_train_test(train_path, test_path, label_column=args.label_column,
+                                  id_column=args.id_column)
+    valuation, holdout = split_test(test, args.holdout, seed=args.seed)
+    bar = _Bar(not args.quiet)
+    try:
+        result = valuer.fit(train, valuation, progress=bar)
+    finally:
+        bar.close()
+
+    # Subset vs a random subset of the same size, scored on the held-out part of the test set.
+    k = subset_size(train.n, args.fraction)
+    rng = np.random.default_rng(args.seed)
+    eval_seeds = range(args.seed, args.seed + args.eval_repeats)
+
+    def holdout_acc(idx: np.ndarray) -> float:
+        return float(np.mean([accuracy(train_classifier(train.X[idx], train.y[idx],
+                                                        train.n_classes, seed=s),
+                                       holdout.X, holdout.y) for s in eval_seeds]))
+
+    acc_subset = holdout_acc(result.selected)
+    acc_random = float(np.mean([holdout_acc(rng.choice(train.n, k, replace=False))
+                                for _ in range(args.eval_repeats)]))
+    summary = {
+        **result.summary(),
+        "train": str(args.train), "test": str(args.test),
+        "n_train": train.n, "n_test_valuation": valuation.n, "n_test_holdout": holdout.n,
+        "classes": list(train.classes),
+        "holdout_accuracy": {"subset": acc_subset, "random_subset": acc_random,
+                             "subset_size": k, "repeats": args.eval_repeats},
+    }
+    summary.pop("extra", None)
+    _write_outputs(Path(args.out), result, train.ids, summary)
+    print(f"{args.method}: selected {len(result.selected)} of {train.n} points; held-out "
+          f"accuracy {acc_subset:.4f} (random subset of the same size: {acc_random:.4f}); "
+          f"wrote {args.out}/subset.csv, values.csv, summary.json")
+    return 0
+
+
+def _write_outputs(out: Path, result, ids, summary: dict) -> None:
+    """Write into a temporary sibling folder, then move files in: nothing half-written."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".hostcp-", dir=out))
+    try:
+        frame = result.to_frame(ids)
+        frame.to_csv(tmp / "values.csv", index=False)
+        frame[frame["selected"]].drop(columns=["selected"]).to_csv(tmp / "subset.csv",
+                                                                   index=False)
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
+        for name in ("values.csv", "subset.csv", "summary.json"):
+            (tmp / name).replace(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hostcp", description="Data valuation with HOST-CP "
+                                     "and the strongest data valuers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("value", help="value a training set for a test set")
+    p.add_argument("--train", required=True, help="training file (CSV, Parquet, NPZ, LIBSVM) "
+                   "or sample:train")
+    p.add_argument("--test", required=True, help="test file or sample:test")
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--id-column", default=None)
+    p.add_argument("--method", default="hostcp",
+                   help=f"one of: {', '.join(available_methods())}")
+    p.add_argument("--fraction", type=float, default=0.2, help="γ, the subset fraction")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=float, default=0.3,
+                   help="fraction of the test set kept out of valuation, for evaluation")
+    p.add_argument("--eval-repeats", type=int, default=3)
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="method parameter (JSON value), repeatable")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_value)
+    try:
+        importlib.import_module("app.cli").register(sub)
+    except ModuleNotFoundError as exc:  # the service extra is not installed
+        if (exc.name or "").split(".")[0] not in {"app", "fastapi", "sqlalchemy", "celery",
+                                                  "uvicorn", "pydantic_settings"}:
+            raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, ValueError) as exc:
+        print(f"hostcp: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
