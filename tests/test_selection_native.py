@@ -189,6 +189,17 @@ def test_degenerate_clustered_small_eps(eps):
     _check_feasible(out, 4.8)
 
 
+def test_cycling_instance_recovers_by_continuation():
+    # At eps = 0.001 cold-start Newton cycles on problem 1 of this batch (found in a sweep);
+    # the eps-continuation fallback must solve it without disturbing the others.
+    Dn, Do = _instance(16, 0, batch=5, seed=421, clusters=4, spread=0.05)
+    out = solve_selection(Dn, Do, 3.2, eps=0.001, max_iter=300)
+    _check_feasible(out, 3.2)
+    assert out.iterations > 100  # the fallback ran
+    one = solve_selection(Dn[0], Do[0], 3.2, eps=0.001, max_iter=300)
+    torch.testing.assert_close(out.u[0], one.u, atol=1e-8, rtol=0)
+
+
 def test_solver_error_when_iterations_run_out():
     Dn, Do = _instance(16, 8, seed=1)
     with pytest.raises(SolverError) as info:
