@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     p.add_argument("--api-key", default=None, help="default $HOSTCP_API_KEY")
     remote = p.add_subparsers(dest="remote_command", required=True)
     r = remote.add_parser("upload", help="upload a dataset; prints its JSON")
-    r.add_argument("file")
+    r.add_argument("file", help="a file, or sample:train / sample:test")
     _dataset_options(r)
     r.set_defaults(func=cmd_remote_upload)
     r = remote.add_parser("submit", help="start a job; prints its JSON")
@@ -64,8 +64,8 @@ def register(subparsers) -> None:
     r.add_argument("-o", "--out", default="-", help="file (default: stdout)")
     r.set_defaults(func=cmd_remote_download)
     r = remote.add_parser("value", help="upload, submit, wait and download in one go")
-    r.add_argument("--train", required=True, help="training file")
-    r.add_argument("--test", required=True, help="test file")
+    r.add_argument("--train", required=True, help="training file (or sample:train)")
+    r.add_argument("--test", required=True, help="test file (or sample:test)")
     _dataset_options(r)
     _job_options(r)
     r.add_argument("--out", required=True, help="directory for the four result CSVs")
@@ -184,6 +184,15 @@ def _safe_url(url: str) -> str:
 
 # --- client side ---
 
+def _resolve(path: str) -> Path:
+    """``sample:train`` / ``sample:test`` name the sample dataset bundled with hostcp_core."""
+    if path.startswith("sample:"):
+        from importlib.resources import files
+
+        return Path(str(files("hostcp_core") / "sample_data" / f"{path[7:]}.csv"))
+    return Path(path)
+
+
 def _client(args):
     from app.client import HostcpClient
 
@@ -212,7 +221,7 @@ def _guard(fn):
 @_guard
 def cmd_remote_upload(args) -> int:
     with _client(args) as c:
-        _print(c.upload_dataset(args.file, label_column=args.label_column,
+        _print(c.upload_dataset(_resolve(args.file), label_column=args.label_column,
                                 id_column=args.id_column, format=args.data_format))
     return 0
 
@@ -250,8 +259,8 @@ def cmd_remote_value(args) -> int:
     with _client(args) as c:
         opts = dict(label_column=args.label_column, id_column=args.id_column,
                     format=args.data_format)
-        train = c.upload_dataset(args.train, **opts)
-        test = c.upload_dataset(args.test, **opts)
+        train = c.upload_dataset(_resolve(args.train), **opts)
+        test = c.upload_dataset(_resolve(args.test), **opts)
         job = c.submit_job(train["id"], test["id"], method=args.method, fraction=args.fraction,
                            seed=args.seed, params=_params(args.param))
         print(f"job {job['id']} queued", file=sys.stderr)
