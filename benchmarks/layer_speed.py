@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-cvx-vars", type=int, default=MAX_VARIABLES)
     ap.add_argument("--no-cvx", action="store_true", help="skip the cvxpylayers reference")
     args = ap.parse_args(argv)
+    # cvxpylayers/diffcp trip NumPy 2's __array__ copy deprecation on every call
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
