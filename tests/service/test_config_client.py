@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAST_METHOD, service_settings
 from pydantic import ValidationError
+from service_helpers import FAST_METHOD, service_settings
 
 from app.client import ApiError, HostcpClient
 from app.core.config import Settings

@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import FAST_METHOD, assert_problem, upload, wait_for
+from service_helpers import FAST_METHOD, assert_problem, upload, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

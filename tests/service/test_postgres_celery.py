@@ -14,7 +14,7 @@ import uuid
 
 import pandas as pd
 import pytest
-from conftest import FAST_METHOD, service_settings, upload, wait_for
+from service_helpers import FAST_METHOD, service_settings, upload, wait_for
 from sqlalchemy import create_engine, func, select, text
 
 from app.client import HostcpClient

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import FAST_METHOD, assert_problem, upload
+from service_helpers import FAST_METHOD, assert_problem, upload
 
 pytestmark = pytest.mark.timeout(120)
 
