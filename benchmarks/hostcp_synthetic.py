@@ -15,6 +15,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -26,17 +27,36 @@ from hostcp_core.models import accuracy, train_classifier
 from hostcp_core.valuers.facility_location import RawFacilityLocation
 
 VARIANTS = {
-    "hostcp[hidden+gradient]": {},
-    "hostcp[hidden+gradient,frozen]": {"learn_embedding": False},
+    "hostcp": {},
+    "hostcp[frozen]": {"learn_embedding": False},
     "hostcp[gradient]": {"embedding": "gradient"},
-    "hostcp[gradient,frozen]": {"embedding": "gradient", "learn_embedding": False},
     "hostcp[hidden]": {"embedding": "hidden"},
-    "hostcp[hidden,frozen]": {"embedding": "hidden", "learn_embedding": False},
-    "hostcp[raw]": {"embedding": "raw", "cost_head": False, "class_conditional": False},
-    "hostcp[raw,frozen]": {"embedding": "raw", "cost_head": False, "class_conditional": False,
-                           "learn_embedding": False},
-    "hostcp[hidden+gradient,no-cost]": {"cost_head": False},
+    "hostcp[no-cost]": {"cost_head": False},
+    "hostcp[score=mass]": {"score": "mass"},
+    "hostcp[score=mass,frozen]": {"score": "mass", "learn_embedding": False},
+    "hostcp[raw,score=mass,frozen]": {"embedding": "raw", "cost_head": False,
+                                      "class_conditional": False, "learn_embedding": False,
+                                      "score": "mass"},
+    "ablation[no-layer]": {"_no_layer": True, "learn_embedding": False},
 }
+
+
+class _NoLayerHostCP(HostCP):
+    """Ablation: the same training and score with the selection layer replaced by a uniform
+    u = γ (no selection, no old set): what the layer adds."""
+
+    def _select(self, model, embed, layer, X, Y, idx, selected_mask, scales):
+        n = len(idx)
+        u = torch.full((n,), self.fraction, device=X.device)
+        out = SimpleNamespace(u=u, Zn=torch.zeros(n, n, device=X.device),
+                              Zo=torch.zeros(n, 0, device=X.device))
+        return out, idx[:0]
+
+
+def make_variant(name: str, fraction: float, seed: int, overrides: dict) -> HostCP:
+    params = {**VARIANTS[name], **overrides}
+    cls = _NoLayerHostCP if params.pop("_no_layer", False) else HostCP
+    return cls(fraction, seed=seed, **params)
 
 
 def subset_acc(train, holdout, idx, eval_seeds, epochs):
@@ -58,7 +78,12 @@ def main(argv=None) -> None:
     ap.add_argument("--eval-seeds", type=int, default=3)
     ap.add_argument("--eval-epochs", type=int, default=100)
     ap.add_argument("--out", default="results/hostcp_synthetic.csv")
+    ap.add_argument("--summarise", nargs="+", metavar="CSV",
+                    help="only print the summary of earlier runs' CSVs (concatenated)")
     args = ap.parse_args(argv)
+    if args.summarise:
+        print(summarise(pd.concat([pd.read_csv(f) for f in args.summarise])))
+        return
     torch.set_num_threads(1)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     eval_seeds = list(range(100, 100 + args.eval_seeds))
@@ -91,8 +116,7 @@ def main(argv=None) -> None:
             record("facility_location[raw]", fl.selected, time.perf_counter() - t)
             for name in args.variants:
                 t = time.perf_counter()
-                res = HostCP(args.fraction, seed=seed, **{**VARIANTS[name], **overrides}
-                             ).fit(tr, valuation)
+                res = make_variant(name, args.fraction, seed, overrides).fit(tr, valuation)
                 record(name, res.selected, time.perf_counter() - t)
     df = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

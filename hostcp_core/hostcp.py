@@ -32,7 +32,7 @@ from hostcp_core.selection import SelectionLayer, select_top_k
 from hostcp_core.valuer import Valuer
 
 EMBEDDINGS = ("hidden", "gradient", "hidden+gradient", "raw")
-SCORES = ("mass", "mean_u", "cost")
+SCORES = ("value", "mass", "mean_u", "cost")
 # Cross-class distances (class-conditional mode) are this many mean distances: a constant, so a
 # point is represented by another class only when nothing else is feasible.
 _CROSS_CLASS_DISTANCE = 8.0
@@ -72,11 +72,14 @@ class HostCP(Valuer):
     learn_embedding: train φ through the layer (False freezes φ at its random init).
     eps: the layer's regulariser, relative to the mean distance.
     old_set_size: k, the number of nearest selected points the layer sees.
-    score: the per-point value: ``"mass"`` (default), the mean over epochs of how much of the
+    score: the per-point value: ``"value"`` (default), the mean over epochs of −∂V/∂u_j, the
+        marginal value of point j's selection variable for the look-ahead test loss (the signal
+        the layer passes to φ, eq. 12); ``"mass"``, the mean over epochs of how much of the
         data a point represents (its column mass in Zn when in a batch plus in Zo while in the
         old set): typical, well-placed points represent many, outliers and mislabelled points
         only themselves; ``"mean_u"``, the mean opening u_j (favours outliers: each must be
         covered by someone); ``"cost"``, minus the learned representative cost.
+    stratify: select the top of each class in proportion to its size (else the global top).
     solver: ``"native"`` (fast, default) or ``"cvxpylayers"`` (reference; small batches only).
     num_threads: torch CPU threads while fitting (restored after). The per-batch work is many
         small ops, which run fastest on one thread and degrade badly on a shared CPU with more.
@@ -105,7 +108,8 @@ class HostCP(Valuer):
         test_batch_size: int = 256,
         eps: float = 0.05,
         old_set_size: int = 40,
-        score: str = "mass",
+        score: str = "value",
+        stratify: bool = True,
         solver: str = "native",
         seed: int = 0,
         device: str = "auto",
@@ -130,6 +134,7 @@ class HostCP(Valuer):
         self.eps = eps
         self.old_set_size = old_set_size
         self.score = score
+        self.stratify = stratify
         self.solver = solver
         self.seed = seed
         self.device = device
@@ -145,6 +150,8 @@ class HostCP(Valuer):
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if self.epochs <= self.warmup_epochs:
             raise ValueError("epochs must exceed warmup_epochs (scores come after warm-up)")
+        if self.score == "cost" and not self.cost_head:
+            raise ValueError("score='cost' needs cost_head=True")
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2")
         if self.old_set_size < 0:
@@ -257,11 +264,10 @@ class HostCP(Valuer):
             if not warm:
                 u_count += 1
 
-        mean_u = (u_sum / max(u_count, 1)).cpu().numpy()
-        values = (mass_sum / max(u_count, 1)).cpu().numpy()
-        extra = {"mean_u": mean_u.tolist(), "signal": signal_sum.cpu().numpy().tolist()}
-        if self.score == "mean_u":
-            values = mean_u
+        scores = {"mean_u": u_sum, "mass": mass_sum, "value": signal_sum}
+        scores = {k: (v / max(u_count, 1)).cpu().numpy() for k, v in scores.items()}
+        extra = {k: v.tolist() for k, v in scores.items()}
+        values = scores.get(self.score)
         if embed.cost is not None:
             with torch.no_grad():
                 _, c = embed(self._represent(model, X, Y, self._represent(model, X, Y)))
@@ -269,8 +275,6 @@ class HostCP(Valuer):
             extra["cost"] = cost.tolist()
             if self.score == "cost":
                 values = -cost
-        elif self.score == "cost":
-            raise ValueError(f"score={self.score!r} needs cost_head=True")
         self.model_ = model.eval()
         self.embedding_ = embed.eval()
         extra.update({"epochs_scored": u_count,
@@ -279,8 +283,11 @@ class HostCP(Valuer):
         timings = {"layer_s": t_layer, "train_s": time.perf_counter() - t_start,
                    "per_point_epoch_ms": 1e3 * (time.perf_counter() - t_start)
                    / (n * self.epochs)}
-        return ValuationResult.from_values(values, self.fraction, self.name, timings=timings,
-                                           extra=extra)
+        k = subset_size(n, self.fraction)
+        selected = (_stratified_top_k(values, train.y, k) if self.stratify
+                    else np.sort(np.argsort(-values, kind="stable")[:k]))
+        return ValuationResult(values=values, selected=selected, method=self.name,
+                               timings=timings, extra=extra)
 
     def _select(self, model, embed, layer, X, Y, idx, selected_mask, scales):
         """Distances of the batch to itself and to its k nearest selected points; solve the
@@ -336,9 +343,6 @@ class HostCP(Valuer):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grads = {k: v.grad.detach().clone() for k, v in model.named_parameters()}
-        if not self.learn_embedding:
-            opt.step()
-            return loss.detach(), 0.0, torch.zeros_like(ud)
         # Look-ahead: θ̂ = θ − α ∇θL(θ; u). dV/du_j = −(α/γ|D_t|) ⟨∇θ̂V, ∇θℓ_j(θ)⟩; the inner
         # products for the whole batch are one forward-mode JVP of the per-point losses.
         theta_hat = {k: params[k] - self.lookahead_lr * grads[k] for k in params}
@@ -350,6 +354,8 @@ class HostCP(Valuer):
         _, dots = jvp(losses, (params,), (dict(zip(th.keys(), gV, strict=True)),))
         dV_du = -(self.lookahead_lr / norm) * dots.detach()
         opt.step()
+        if not self.learn_embedding:
+            return loss.detach(), 0.0, dV_du
         embed_opt.zero_grad(set_to_none=True)
         surrogate = (dV_du.to(u.dtype) * u).sum()
         surrogate.backward()
@@ -366,3 +372,18 @@ def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sq = (diff * diff).sum(-1)
     zero = sq <= 1e-24
     return torch.where(zero, torch.zeros_like(sq), torch.sqrt(torch.where(zero, 1.0, sq)))
+
+
+def _stratified_top_k(values: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """The top of each class by value, classes in proportion to their size (largest
+    remainders), k in all."""
+    classes, counts = np.unique(y, return_counts=True)
+    quota = k * counts / counts.sum()
+    take = np.floor(quota).astype(int)
+    for c in np.argsort(-(quota - take), kind="stable")[: k - take.sum()]:
+        take[c] += 1
+    picks = []
+    for c, t in zip(classes, take, strict=True):
+        rows = np.flatnonzero(y == c)
+        picks.append(rows[np.argsort(-values[rows], kind="stable")[:t]])
+    return np.sort(np.concatenate(picks))

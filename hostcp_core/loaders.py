@@ -16,6 +16,7 @@ FORMATS = ("csv", "parquet", "npz", "libsvm")
 _SUFFIXES = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet",
              ".npz": "npz", ".svm": "libsvm", ".libsvm": "libsvm", ".svmlight": "libsvm"}
 DEFAULT_LABEL_COLUMNS = ("label", "y", "target", "class")
+DEFAULT_ID_COLUMN = "id"
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -39,7 +40,8 @@ def load_dataset(
     """Load one labelled table.
 
     CSV/Parquet: the label is ``label_column`` or else the first of
-    ``label, y, target, class`` present, or else the last column; ``id_column`` is optional.
+    ``label, y, target, class`` present, or else the last column; ``id_column`` (default: a
+    column named ``id``, if any) holds row identifiers, not features.
     NPZ: arrays ``X`` and ``y`` (optional ``ids``, ``feature_names``); never unpickles.
     LIBSVM: ``n_features`` pads to the training width. ``classes`` encodes labels against a
     training set's classes (unknown labels are an error).
@@ -89,6 +91,8 @@ def _load_table(path, fmt, label_column, id_column, classes, name) -> Dataset:
         raise DataError(f"{name}: no rows")
     df.columns = [str(c) for c in df.columns]
     label_column = _pick_label_column(df.columns, label_column, name)
+    if id_column is None and DEFAULT_ID_COLUMN in df.columns and label_column != "id":
+        id_column = DEFAULT_ID_COLUMN
     if id_column is not None and id_column not in df.columns:
         raise DataError(f"{name}: no id column {id_column!r}")
     labels = df[label_column].to_numpy()

@@ -34,6 +34,7 @@ def make_synthetic(
     fresh draw) until a logistic regression fitted on the training part scores above
     ``target_accuracy`` on the rest. The label rule is stored in ``train.meta``.
     """
+    from scipy.special import expit
     from sklearn.linear_model import LogisticRegression
 
     rng = np.random.default_rng(seed)
@@ -46,7 +47,7 @@ def make_synthetic(
         beta = rng.standard_normal(phi.shape[1])
         f = phi @ beta
         f = (f - f.mean()) / f.std()
-        p = 1.0 / (1.0 + np.exp(-param * f))
+        p = expit(param * f)
         y = (rng.random(n) < p).astype(np.int64)
         if len(np.unique(y[:n_train])) < 2:
             param *= 1.1
