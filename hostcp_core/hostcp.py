@@ -224,13 +224,15 @@ class HostCP(Valuer):
         t_start = time.perf_counter()
         t_layer = 0.0
         grad_norms: list[float] = []
+        epoch_times: list[float] = []
         step = 0
         for epoch in range(self.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
             warm = epoch < self.warmup_epochs
             scales = self._represent(model, X, Y)
-            selected_mask = torch.zeros(n, dtype=torch.bool, device=dev)
+            old_set = _OldSet(n, self.embed_dim, dev)
             epoch_loss = 0.0
+            t_epoch = time.perf_counter()
             for b in range(n_batches):
                 idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
                 xb, yb = X[idx], Y[idx]
@@ -241,8 +243,8 @@ class HostCP(Valuer):
                     opt.step()
                 else:
                     t0 = time.perf_counter()
-                    out, old_idx = self._select(model, embed, layer, X, Y, idx, selected_mask,
-                                                scales)
+                    out, old_idx, hb = self._select(model, embed, layer, X, Y, idx, old_set,
+                                                    scales)
                     u = out.u
                     # off-diagonal: a point opened only for itself represents nobody else
                     Zn = out.Zn.detach()
@@ -256,13 +258,15 @@ class HostCP(Valuer):
                     ud = u.detach()
                     u_sum[idx] += ud.double()
                     k = subset_size(len(idx), self.fraction)
-                    selected_mask[idx[select_top_k(ud, k)]] = True
+                    top = select_top_k(ud, k)
+                    old_set.add(idx[top], hb[top])
                 epoch_loss += float(loss.detach()) * len(idx)
                 step += 1
                 report(progress, "train", step, total_steps, epoch=epoch, batch=b,
                        loss=float(loss.detach()))
             if not warm:
                 u_count += 1
+                epoch_times.append(time.perf_counter() - t_epoch)
 
         scores = {"mean_u": u_sum, "mass": mass_sum, "value": signal_sum}
         scores = {k: (v / max(u_count, 1)).cpu().numpy() for k, v in scores.items()}
@@ -281,6 +285,7 @@ class HostCP(Valuer):
                       "phi_grad_norm_median": float(np.median(grad_norms)) if grad_norms else 0.0,
                       "final_loss": epoch_loss / n})
         timings = {"layer_s": t_layer, "train_s": time.perf_counter() - t_start,
+                   "selection_epoch_s": epoch_times,
                    "per_point_epoch_ms": 1e3 * (time.perf_counter() - t_start)
                    / (n * self.epochs)}
         k = subset_size(n, self.fraction)
@@ -289,33 +294,23 @@ class HostCP(Valuer):
         return ValuationResult(values=values, selected=selected, method=self.name,
                                timings=timings, extra=extra)
 
-    def _select(self, model, embed, layer, X, Y, idx, selected_mask, scales):
+    def _select(self, model, embed, layer, X, Y, idx, old_set, scales):
         """Distances of the batch to itself and to its k nearest selected points; solve the
-        layer. Returns its output and the training indices of the old points it saw."""
+        layer. Returns its output, the training indices of the old points it saw and the
+        batch's embeddings."""
         xb, yb = X[idx], Y[idx]
-        rb = self._represent(model, xb, yb, scales)
-        hb, cb = embed(rb)
+        hb, cb = embed(self._represent(model, xb, yb, scales))
         Dn = _pairwise(hb, hb)
-        old = torch.nonzero(selected_mask).flatten()
-        if old.numel() and self.old_set_size:
-            ro = self._represent(model, X[old], Y[old], scales)
-            with torch.no_grad():
-                ho_all, _ = embed(ro)
-                d_all = torch.cdist(hb.detach(), ho_all)
-                if self.class_conditional:
-                    d_all = d_all.masked_fill(yb[:, None] != Y[old][None, :], float("inf"))
-                nearest = d_all.min(0).values
-                keep = torch.topk(-nearest, min(self.old_set_size, old.numel())).indices
-                keep = keep[torch.isfinite(nearest[keep])]
-            ho, co = embed(ro[keep])
+        old = old_set.nearest(hb.detach(), yb, Y, self.old_set_size, self.class_conditional)
+        if old.numel():
+            # fresh embeddings for the k chosen (the search used those cached at selection)
+            ho, co = embed(self._represent(model, X[old], Y[old], scales))
             Do = _pairwise(hb, ho)
-            yo = Y[old][keep]
-            old = old[keep]
+            yo = Y[old]
         else:
             Do = hb.new_zeros(len(idx), 0)
             co = None if cb is None else cb.new_zeros(0)
             yo = yb.new_zeros(0)
-            old = old[:0]
         scale = torch.cat([Dn.flatten(), Do.flatten()]).mean().detach().clamp_min(1e-12)
         Dn, Do = Dn / scale, Do / scale
         if cb is not None:
@@ -324,7 +319,7 @@ class HostCP(Valuer):
         if self.class_conditional:
             Dn = torch.where(yb[:, None] == yb[None, :], Dn, Dn.new_tensor(_CROSS_CLASS_DISTANCE))
             Do = torch.where(yb[:, None] == yo[None, :], Do, Do.new_tensor(_CROSS_CLASS_DISTANCE))
-        return layer(Dn, Do), old
+        return layer(Dn, Do), old, hb.detach()
 
     def _joint_step(self, model, opt, embed, embed_opt, xb, yb, u, Xt, Yt, gen):
         """θ step on the u-weighted loss (eq. 8); φ step on the look-ahead test loss (eq. 9, 12)."""
@@ -363,6 +358,35 @@ class HostCP(Valuer):
                           if p.grad is not None) ** 0.5)
         embed_opt.step()
         return loss.detach(), gnorm, dV_du
+
+
+class _OldSet:
+    """O_t: the points selected so far this epoch, with their embeddings cached at selection
+    time for the nearest-neighbour search (the paper uses LSH, the official code FAISS)."""
+
+    def __init__(self, n: int, dim: int, device: torch.device):
+        self.idx = torch.empty(n, dtype=torch.long, device=device)
+        self.h = torch.empty(n, dim, device=device)
+        self.size = 0
+
+    def add(self, idx: torch.Tensor, h: torch.Tensor) -> None:
+        end = self.size + len(idx)
+        self.idx[self.size:end] = idx
+        self.h[self.size:end] = h
+        self.size = end
+
+    def nearest(self, hb: torch.Tensor, yb: torch.Tensor, Y: torch.Tensor, k: int,
+                class_conditional: bool) -> torch.Tensor:
+        """Training indices of the (up to) k selected points nearest to the batch."""
+        if not self.size or not k:
+            return self.idx[:0]
+        idx = self.idx[:self.size]
+        d = torch.cdist(hb, self.h[:self.size])
+        if class_conditional:
+            d = d.masked_fill(yb[:, None] != Y[idx][None, :], float("inf"))
+        nearest = d.min(0).values
+        keep = torch.topk(-nearest, min(k, self.size)).indices
+        return idx[keep[torch.isfinite(nearest[keep])]]
 
 
 def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
