@@ -45,12 +45,12 @@ class _NoLayerHostCP(HostCP):
     """Ablation: the same training and score with the selection layer replaced by a uniform
     u = γ (no selection, no old set): what the layer adds."""
 
-    def _select(self, model, embed, layer, X, Y, idx, selected_mask, scales):
+    def _select(self, model, embed, layer, X, Y, idx, old_set, scales):
         n = len(idx)
         u = torch.full((n,), self.fraction, device=X.device)
         out = SimpleNamespace(u=u, Zn=torch.zeros(n, n, device=X.device),
                               Zo=torch.zeros(n, 0, device=X.device))
-        return out, idx[:0]
+        return out, idx[:0], torch.zeros(n, self.embed_dim, device=X.device)
 
 
 def make_variant(name: str, fraction: float, seed: int, overrides: dict) -> HostCP:

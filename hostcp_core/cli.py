@@ -21,7 +21,7 @@ from hostcp_core.data import split_test
 from hostcp_core.errors import DataError
 from hostcp_core.loaders import load_train_test
 from hostcp_core.progress import Progress
-from hostcp_core.result import subset_size
+from hostcp_core.result import subset_size, to_jsonable
 from hostcp_core.valuer import available_methods, get_valuer
 
 SAMPLE_PREFIX = "sample:"
@@ -127,27 +127,16 @@ def cmd_value(args: argparse.Namespace) -> int:
 
 
 def _write_outputs(out: Path, result, ids, summary: dict) -> None:
-    """Write into a temporary sibling folder, then move files in: nothing half-written."""
+    """Write into a temporary folder inside ``out``, then move files in: nothing half-written."""
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".hostcp-", dir=out))
     try:
-        frame = result.to_frame(ids)
-        frame.to_csv(tmp / "values.csv", index=False)
-        frame[frame["selected"]].drop(columns=["selected"]).to_csv(tmp / "subset.csv",
-                                                                   index=False)
-        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=_jsonable))
-        for name in ("values.csv", "subset.csv", "summary.json"):
+        result.save(tmp, ids)  # values.csv, subset.csv, result.json
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, default=to_jsonable))
+        for name in ("values.csv", "subset.csv", "result.json", "summary.json"):
             (tmp / name).replace(out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -74,14 +74,15 @@ class ValuationResult:
         frame = self.to_frame(ids)
         frame.to_csv(out / "values.csv", index=False)
         frame[frame["selected"]].drop(columns=["selected"]).to_csv(out / "subset.csv", index=False)
-        (out / "result.json").write_text(json.dumps(self.summary(), indent=2, default=_jsonable))
+        (out / "result.json").write_text(json.dumps(self.summary(), indent=2, default=to_jsonable))
 
 
 def top_k(values: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(values), kind="stable")[:k]
 
 
-def _jsonable(o):
+def to_jsonable(o):
+    """json.dumps default for numpy scalars and arrays."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
