@@ -29,14 +29,13 @@ from hostcp_core.valuers.facility_location import RawFacilityLocation
 VARIANTS = {
     "hostcp": {},
     "hostcp[frozen]": {"learn_embedding": False},
-    "hostcp[gradient]": {"embedding": "gradient"},
+    "hostcp[hidden+gradient]": {"embedding": "hidden+gradient"},
+    "hostcp[hidden+gradient,frozen]": {"embedding": "hidden+gradient", "learn_embedding": False},
     "hostcp[hidden]": {"embedding": "hidden"},
-    "hostcp[no-cost]": {"cost_head": False},
+    "hostcp[hidden,frozen]": {"embedding": "hidden", "learn_embedding": False},
+    "hostcp[raw]": {"embedding": "raw"},
+    "hostcp[raw,frozen]": {"embedding": "raw", "learn_embedding": False},
     "hostcp[score=mass]": {"score": "mass"},
-    "hostcp[score=mass,frozen]": {"score": "mass", "learn_embedding": False},
-    "hostcp[raw,score=mass,frozen]": {"embedding": "raw", "cost_head": False,
-                                      "class_conditional": False, "learn_embedding": False,
-                                      "score": "mass"},
     "ablation[no-layer]": {"_no_layer": True, "learn_embedding": False},
 }
 

@@ -64,9 +64,11 @@ class HostCP(Valuer):
     Parameters
     ----------
     fraction: γ, the fraction of the training set to select.
-    embedding: what h embeds: ``"hidden"`` (the classifier's last hidden layer),
-        ``"gradient"`` (per-example last-layer gradient embedding (p − y) ⊗ [a, 1]),
-        ``"hidden+gradient"``, or ``"raw"`` (the input features; a weak control).
+    embedding: what h embeds: ``"gradient"`` (default; the per-example last-layer gradient
+        embedding (p − y) ⊗ [a, 1]), ``"hidden"`` (the classifier's last hidden layer),
+        ``"hidden+gradient"``, or ``"raw"`` (the input features; a weak control). The default
+        was the best on the synthetic benchmark (docs/RESULTS.md); "hidden" alone lost to
+        random subsets there.
     class_conditional: a point may be represented only by points of its own label.
     cost_head: learn a representative cost c_j added to every distance to j.
     learn_embedding: train φ through the layer (False freezes φ at its random init).
@@ -79,7 +81,10 @@ class HostCP(Valuer):
         old set): typical, well-placed points represent many, outliers and mislabelled points
         only themselves; ``"mean_u"``, the mean opening u_j (favours outliers: each must be
         covered by someone); ``"cost"``, minus the learned representative cost.
-    stratify: select the top of each class in proportion to its size (else the global top).
+    stratify: compare points within their class: the score is standardised per class (the
+        look-ahead signal carries a class-wide offset from the model's current bias, which
+        would otherwise rank whole classes first) and the subset takes the top of each class in
+        proportion to its size. False keeps raw scores and the global top.
     solver: ``"native"`` (fast, default) or ``"cvxpylayers"`` (reference; small batches only).
     num_threads: torch CPU threads while fitting (restored after). The per-batch work is many
         small ops, which run fastest on one thread and degrade badly on a shared CPU with more.
@@ -91,7 +96,7 @@ class HostCP(Valuer):
         self,
         fraction: float = 0.2,
         *,
-        embedding: str = "hidden+gradient",
+        embedding: str = "gradient",
         class_conditional: bool = True,
         cost_head: bool = True,
         learn_embedding: bool = True,
@@ -289,8 +294,11 @@ class HostCP(Valuer):
                    "per_point_epoch_ms": 1e3 * (time.perf_counter() - t_start)
                    / (n * self.epochs)}
         k = subset_size(n, self.fraction)
-        selected = (_stratified_top_k(values, train.y, k) if self.stratify
-                    else np.sort(np.argsort(-values, kind="stable")[:k]))
+        if self.stratify:
+            values = _standardise_per_class(values, train.y)
+            selected = _stratified_top_k(values, train.y, k)
+        else:
+            selected = np.sort(np.argsort(-values, kind="stable")[:k])
         return ValuationResult(values=values, selected=selected, method=self.name,
                                timings=timings, extra=extra)
 
@@ -396,6 +404,15 @@ def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     sq = (diff * diff).sum(-1)
     zero = sq <= 1e-24
     return torch.where(zero, torch.zeros_like(sq), torch.sqrt(torch.where(zero, 1.0, sq)))
+
+
+def _standardise_per_class(values: np.ndarray, y: np.ndarray) -> np.ndarray:
+    out = np.asarray(values, dtype=np.float64).copy()
+    for c in np.unique(y):
+        rows = y == c
+        v = out[rows]
+        out[rows] = (v - v.mean()) / (v.std() if v.std() > 0 else 1.0)
+    return out
 
 
 def _stratified_top_k(values: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:

@@ -23,8 +23,12 @@ def test_result_shape_and_subset(data):
     assert res.values.shape == (train.n,) and np.isfinite(res.values).all()
     assert len(res.selected) == subset_size(train.n, 0.2) == 30
     assert len(np.unique(res.selected)) == 30
-    # stratified: the subset keeps the class balance of the training set
+    # stratified: the subset keeps the class balance of the training set, and scores are
+    # standardised within each class
     assert abs(train.y[res.selected].mean() - train.y.mean()) <= 1 / 30 + 1e-9
+    for c in (0, 1):
+        assert abs(res.values[train.y == c].mean()) < 1e-9
+        assert abs(res.values[train.y == c].std() - 1) < 1e-9
     assert res.method == "hostcp" and res.params["fraction"] == 0.2
     assert res.timings["total_s"] > 0 and res.extra["epochs_scored"] == 2
     assert res.extra["phi_grad_norm_median"] > 0  # φ really receives gradient through the layer
