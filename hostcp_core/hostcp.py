@@ -8,7 +8,9 @@ Per minibatch D_t:
   3. SGD step on θ with the u-weighted loss (eq. 8);
   4. one-step look-ahead θ̂ = θ − α∇θL(θ; u), V = test loss at θ̂ (eq. 9), and a step on φ
      along ∇φV, which reaches φ only through u (eq. 12).
-The per-point score is the mean of u_j over the epochs after warm-up; the subset is its top ⌈γn⌉.
+The per-point score is the mean over the epochs after warm-up of −∂V/∂u_j (the marginal value
+of point j's selection variable for the look-ahead test loss), standardised within each class;
+the subset is the top ⌈γn⌉, class-stratified.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class HostCP(Valuer):
     learn_embedding: train φ through the layer (False freezes φ at its random init).
     eps: the layer's regulariser, relative to the mean distance.
     old_set_size: k, the number of nearest selected points the layer sees.
-    score: the per-point value: ``"value"`` (default), the mean over epochs of −∂V/∂u_j, the
+    score: the per-point value (all of them are kept in ``scores_`` after fitting):
+        ``"value"`` (default), the mean over epochs of −∂V/∂u_j, the
         marginal value of point j's selection variable for the look-ahead test loss (the signal
         the layer passes to φ, eq. 12); ``"mass"``, the mean over epochs of how much of the
         data a point represents (its column mass in Zn when in a batch plus in Zo while in the
@@ -221,7 +224,7 @@ class HostCP(Valuer):
 
         u_sum = torch.zeros(n, dtype=torch.float64, device=dev)
         mass_sum = torch.zeros(n, dtype=torch.float64, device=dev)
-        # −dV/du_j summed over epochs: the value signal that reaches φ (a diagnostic)
+        # −dV/du_j summed over epochs: the look-ahead value signal that reaches φ
         signal_sum = torch.zeros(n, dtype=torch.float64, device=dev)
         u_count = 0
         n_batches = math.ceil(n / self.batch_size)
@@ -275,20 +278,18 @@ class HostCP(Valuer):
 
         scores = {"mean_u": u_sum, "mass": mass_sum, "value": signal_sum}
         scores = {k: (v / max(u_count, 1)).cpu().numpy() for k, v in scores.items()}
-        extra = {k: v.tolist() for k, v in scores.items()}
-        values = scores.get(self.score)
         if embed.cost is not None:
             with torch.no_grad():
                 _, c = embed(self._represent(model, X, Y, self._represent(model, X, Y)))
-            cost = c.double().cpu().numpy()
-            extra["cost"] = cost.tolist()
-            if self.score == "cost":
-                values = -cost
+            scores["cost"] = -c.double().cpu().numpy()
+        values = scores[self.score]
+        # every per-point score, raw (before per-class standardisation), for analysis
+        self.scores_ = scores
         self.model_ = model.eval()
         self.embedding_ = embed.eval()
-        extra.update({"epochs_scored": u_count,
-                      "phi_grad_norm_median": float(np.median(grad_norms)) if grad_norms else 0.0,
-                      "final_loss": epoch_loss / n})
+        extra = {"score": self.score, "epochs_scored": u_count,
+                 "phi_grad_norm_median": float(np.median(grad_norms)) if grad_norms else 0.0,
+                 "final_loss": epoch_loss / n}
         timings = {"layer_s": t_layer, "train_s": time.perf_counter() - t_start,
                    "selection_epoch_s": epoch_times,
                    "per_point_epoch_ms": 1e3 * (time.perf_counter() - t_start)

@@ -103,10 +103,10 @@ def test_reference_solver_agrees_with_native(data):
     small = train.subset(np.arange(48))
     kw = dict(epochs=2, warmup_epochs=1, batch_size=8, old_set_size=0, hidden=(8,), seed=0,
               learn_embedding=False)
-    native = HostCP(**kw).fit(small, test)
-    ref = HostCP(**kw, solver="cvxpylayers").fit(small, test)
-    np.testing.assert_allclose(ref.extra["mean_u"], native.extra["mean_u"], atol=1e-4)
-    np.testing.assert_allclose(ref.values, native.values, rtol=1e-3, atol=1e-6)
+    native, ref = HostCP(**kw), HostCP(**kw, solver="cvxpylayers")
+    a, b = native.fit(small, test), ref.fit(small, test)
+    np.testing.assert_allclose(ref.scores_["mean_u"], native.scores_["mean_u"], atol=1e-4)
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-3, atol=1e-6)
 
 
 def test_stratified_top_k():
