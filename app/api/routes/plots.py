@@ -1,0 +1,73 @@
+"""/v1/jobs/{id}/plots/{name}.png|svg: figures of a finished job, drawn from its stored rows."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from app.api.deps import PrincipalDep, SessionDep
+from app.api.routes.results import _finished_job
+from app.core import problems
+from app.core.problems import Problem
+from app.db import repo
+from app.db.models import DatasetRecord
+
+router = APIRouter(prefix="/v1/jobs", tags=["plots"])
+
+PLOTS = {
+    "curves": "held-out accuracy of the top fraction by value, a random fraction, the subset",
+    "classes": "class shares in the training set, the selected subset and the top 5 % by value",
+    "mislabels": "mislabel score in rank order, suspects highlighted",
+    "flips": "flipped labels found vs points inspected (jobs that record injected flips)",
+}
+
+
+def _split(filename: str) -> tuple[str, str]:
+    from app.plotting import FORMATS
+
+    name, _, ext = filename.rpartition(".")
+    if name not in PLOTS or ext not in FORMATS:
+        raise Problem(problems.NOT_FOUND, f"no plot {filename!r}; plots are "
+                      f"{', '.join(PLOTS)} as .{' or .'.join(FORMATS)}")
+    return name, ext
+
+
+@router.get("/{job_id}/plots/{filename}", response_class=Response,
+            responses={200: {"content": {"image/png": {}, "image/svg+xml": {}}}})
+def get_plot(job_id: str, filename: str, session: SessionDep, principal: PrincipalDep):
+    """A figure of a finished job: ``curves``, ``classes``, ``mislabels`` or ``flips``, as
+    ``.png`` or ``.svg``."""
+    from app import plotting
+
+    name, ext = _split(filename)
+    job = _finished_job(session, principal.id, job_id)
+    title = f"{job.method} · job {job.id[:8]}"
+    if name == "curves":
+        rows = [{"curve": c.curve, "fraction": c.fraction, "n_points": c.n_points,
+                 "value": c.value} for c in repo.list_curves(session, job_id=job.id, after=None,
+                                                             limit=None)]
+        body = plotting.render_curves(rows, fmt=ext, title=f"Accuracy curves · {title}")
+    else:
+        points = repo.list_points(session, job_id=job.id, order="index", after=None, limit=None)
+        if name == "classes":
+            classes = session.get(DatasetRecord, job.train_dataset_id).classes
+            rows = [{"label": p.given_label, "rank": p.rank, "selected": p.selected}
+                    for p in points]
+            body = plotting.render_classes(rows, classes, fmt=ext,
+                                           title=f"Class distribution · {title}")
+        elif name == "mislabels":
+            rows = [{"rank": p.mislabel_rank, "score": p.mislabel_score,
+                     "suspected": p.suspected_mislabel} for p in points]
+            body = plotting.render_mislabels(rows, fmt=ext, title=f"Mislabels · {title}")
+        else:
+            # ground truth exists only where flips were injected on purpose (comparison jobs)
+            flipped = (job.summary or {}).get("injected_flips")
+            if not isinstance(flipped, list):
+                raise Problem(problems.NOT_FOUND, f"job {job.id} has no injected label flips to "
+                              "score against; the flips plot needs them")
+            ranked = [p.point_index for p in sorted(points, key=lambda p: p.mislabel_rank)]
+            body = plotting.render_flips(ranked, flipped, fmt=ext,
+                                         title=f"Flips found · {title}")
+    return Response(body, media_type=plotting.FORMATS[ext],
+                    headers={"Cache-Control": "private, max-age=3600",
+                             "Content-Disposition": f'inline; filename="{job.id}-{name}.{ext}"'})
