@@ -29,8 +29,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--tmc-permutations", type=int, default=10)
     ap.add_argument("--dvrl-iterations", type=int, default=20)
-    ap.add_argument("--methods", default="random,knn_shapley,data_oob,loo,influence,tracin,"
-                    "tmc_shapley,dvrl")
+    ap.add_argument("--methods", default="hostcp,random,facility_location,knn_shapley,data_oob,"
+                    "loo,influence,tracin,tmc_shapley,dvrl")
     ap.add_argument("--out", default=None, help="also write the table to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -41,7 +41,9 @@ def main() -> None:
     is_clean[flipped] = False
 
     runs = {
+        "hostcp": ({}, None),
         "random": ({}, None),
+        "facility_location": ({}, None),
         "knn_shapley": ({}, None),
         "data_oob": ({}, None),
         "loo": ({}, None),
@@ -54,12 +56,15 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         params, scaled = runs[method]
-        valuer = get_valuer(method, device=args.device, **params)
+        if method != "facility_location":  # the only valuer with no device (numpy only)
+            params = {"device": args.device, **params}
+        valuer = get_valuer(method, **params)
         t0 = time.perf_counter()
         res = valuer.fit(noisy, test)
         secs = time.perf_counter() - t0
         auc = roc_auc_score(is_clean, res.values)
-        setting = ", ".join(f"{k}={v}" for k, v in params.items() if k != "check_every")
+        setting = ", ".join(f"{k}={v}" for k, v in params.items()
+                            if k not in ("check_every", "device"))
         if scaled:
             key, full = scaled
             done = res.extra.get("n_permutations", params[key])
