@@ -56,7 +56,8 @@ function renderJobs(jobs) {
     const p = document.createElement("progress");
     p.max = 1; p.value = job.progress || 0;
     cell(tr, "").appendChild(p);
-    cell(tr, new Date(job.created_at).toLocaleString());
+    const created = new Date(job.created_at);
+    cell(tr, created.toLocaleDateString() + " " + created.toLocaleTimeString());
     tr.addEventListener("click", () => select(job.id));
     body.appendChild(tr);
   }

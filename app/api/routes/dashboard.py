@@ -17,7 +17,7 @@ router = APIRouter(tags=["dashboard"])
 STATIC = Path(__file__).resolve().parents[2] / "static"
 # The script is a separate file so the policy can forbid inline scripts; images are blob: URLs
 # made from authenticated fetches.
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
