@@ -31,6 +31,8 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = 256 * 1024 * 1024
     max_json_bytes: int = 1024 * 1024
+    max_features: int = 10_000  # wider uploads are refused before parsing
+    max_classes: int = 1_000
     page_size_default: int = 50
     page_size_max: int = 1000
     idempotency_ttl_s: int = 24 * 3600

@@ -21,6 +21,7 @@ from app.core.problems import Problem
 from app.db import repo
 from app.db.models import DatasetRecord
 from app.storage import Storage, TooLarge, dataset_arrays, file_chunks
+from app.upload_checks import postcheck, precheck
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -64,6 +65,7 @@ def upload_dataset(
 
     filename = os.path.basename(file.filename or "upload")[:255] or "upload"
     fmt, suffix = _format_and_suffix(filename, format)
+    idem_key = check_key(idempotency_key)  # refuse a malformed key before storing anything
     store = Storage(settings.storage_root)
     try:
         stored = store.write_stream(file_chunks(file.file), suffix=suffix,
@@ -74,11 +76,16 @@ def upload_dataset(
     content_key = hashlib.sha256(
         f"{stored.sha256}|{fmt}|{label_column or ''}|{id_column or ''}".encode()).hexdigest()
     idem = Idempotency(request.app.state.sessionmaker, owner_id=principal.id,
-                       key=check_key(idempotency_key), ttl_s=settings.idempotency_ttl_s)
-    replay = idem.begin(content_key)
+                       key=idem_key, ttl_s=settings.idempotency_ttl_s)
+    try:
+        replay = idem.begin(content_key)
+    except BaseException:  # a mismatched or in-flight key: keep nothing of this upload
+        store.delete(stored.rel_path)
+        raise
     if replay is not None:
         store.delete(stored.rel_path)
         return replay
+    array_path, committed = None, False
     try:
         existing = repo.find_dataset_by_content(session, owner_id=principal.id,
                                                 content_key=content_key)
@@ -88,12 +95,14 @@ def upload_dataset(
             headers = {"Location": f"/v1/datasets/{existing.id}"}
             idem.complete(200, body.model_dump(mode="json"), headers)
             return JSONResponse(body.model_dump(mode="json"), status_code=200, headers=headers)
+        precheck(store.path(stored.rel_path), fmt, max_upload_bytes=settings.max_upload_bytes,
+                 max_features=settings.max_features)
         try:
             ds = load_dataset(store.path(stored.rel_path), format=fmt, label_column=label_column,
                               id_column=id_column, name=filename)
         except DataError as exc:
-            store.delete(stored.rel_path)
             raise Problem(problems.INVALID_DATA, str(exc)) from None
+        postcheck(ds, max_features=settings.max_features, max_classes=settings.max_classes)
         array_path = store.save_arrays(dataset_arrays(ds))
         rec = DatasetRecord(
             id=str(uuid.uuid4()), owner_id=principal.id, name=filename, format=fmt,
@@ -105,12 +114,17 @@ def upload_dataset(
             feature_names=None if ds.feature_names is None else list(ds.feature_names))
         session.add(rec)
         session.commit()
+        committed = True
         body = DatasetPublic.model_validate(rec)
         headers = {"Location": f"/v1/datasets/{rec.id}"}
         idem.complete(201, body.model_dump(mode="json"), headers)
         return JSONResponse(body.model_dump(mode="json"), status_code=201, headers=headers)
     except BaseException:
         idem.abandon()
+        if not committed:  # any failure before the row exists leaves no file behind
+            store.delete(stored.rel_path)
+            if array_path is not None:
+                store.delete(array_path)
         raise
 
 
