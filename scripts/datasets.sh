@@ -16,9 +16,9 @@ SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq dataset-fashion-mnist
 
-if [ ! -f "$DATA_DIR/mlbench/usr/lib/R/site-library/mlbench/data/Rdata.rdb" ] \
-   && [ -z "$(ls "$DATA_DIR"/mlbench/usr/lib/R/site-library/mlbench/data/DNA* 2>/dev/null)" ]; then
+if [ ! -f "$DATA_DIR/mlbench/usr/lib/R/site-library/mlbench/data/DNA.rda" ]; then
   tmp="$(mktemp -d)"
+  chmod a+rwx "$tmp"   # apt-get download drops privileges to _apt
   (cd "$tmp" && apt-get download r-cran-mlbench >/dev/null)
   mkdir -p "$DATA_DIR/mlbench"
   dpkg -x "$tmp"/r-cran-mlbench_*.deb "$DATA_DIR/mlbench"
