@@ -76,6 +76,8 @@ class HostCP(Valuer):
     learn_embedding: train φ through the layer (False freezes φ at its random init).
     eps: the layer's regulariser, relative to the mean distance.
     old_set_size: k, the number of nearest selected points the layer sees.
+    old_search_pool: search the k nearest among at most this many selected points (a random
+        sample when there are more; None: all), so the cost per minibatch stays flat.
     score: the per-point value (all of them are kept in ``scores_`` after fitting):
         ``"value"`` (default), the mean over epochs of −∂V/∂u_j, the
         marginal value of point j's selection variable for the look-ahead test loss (the signal
@@ -116,6 +118,7 @@ class HostCP(Valuer):
         test_batch_size: int = 256,
         eps: float = 0.05,
         old_set_size: int = 40,
+        old_search_pool: int | None = 4096,
         score: str = "value",
         stratify: bool = True,
         solver: str = "native",
@@ -141,6 +144,7 @@ class HostCP(Valuer):
         self.test_batch_size = test_batch_size
         self.eps = eps
         self.old_set_size = old_set_size
+        self.old_search_pool = old_search_pool
         self.score = score
         self.stratify = stratify
         self.solver = solver
@@ -238,7 +242,7 @@ class HostCP(Valuer):
             perm = torch.randperm(n, generator=gen).to(dev)
             warm = epoch < self.warmup_epochs
             scales = self._represent(model, X, Y)
-            old_set = _OldSet(n, self.embed_dim, dev)
+            old_set = _OldSet(n, self.embed_dim, dev, self.old_search_pool, gen)
             epoch_loss = 0.0
             t_epoch = time.perf_counter()
             for b in range(n_batches):
@@ -371,12 +375,19 @@ class HostCP(Valuer):
 
 class _OldSet:
     """O_t: the points selected so far this epoch, with their embeddings cached at selection
-    time for the nearest-neighbour search (the paper uses LSH, the official code FAISS)."""
+    time for the nearest-neighbour search (the paper uses LSH, the official code FAISS).
 
-    def __init__(self, n: int, dim: int, device: torch.device):
+    With ``search_pool`` set, the search looks at a random sample of that many selected points
+    once there are more, so a minibatch costs the same however large O_t grows (an approximate
+    nearest-neighbour search, as LSH is)."""
+
+    def __init__(self, n: int, dim: int, device: torch.device, search_pool: int | None = None,
+                 generator: torch.Generator | None = None):
         self.idx = torch.empty(n, dtype=torch.long, device=device)
         self.h = torch.empty(n, dim, device=device)
         self.size = 0
+        self.search_pool = search_pool
+        self.generator = generator
 
     def add(self, idx: torch.Tensor, h: torch.Tensor) -> None:
         end = self.size + len(idx)
@@ -389,12 +400,16 @@ class _OldSet:
         """Training indices of the (up to) k selected points nearest to the batch."""
         if not self.size or not k:
             return self.idx[:0]
-        idx = self.idx[:self.size]
-        d = torch.cdist(hb, self.h[:self.size])
+        rows = torch.arange(self.size, device=hb.device)
+        if self.search_pool and self.size > self.search_pool:
+            rows = torch.randperm(self.size, generator=self.generator)[:self.search_pool]
+            rows = rows.to(hb.device)
+        idx = self.idx[rows]
+        d = torch.cdist(hb, self.h[rows])
         if class_conditional:
             d = d.masked_fill(yb[:, None] != Y[idx][None, :], float("inf"))
         nearest = d.min(0).values
-        keep = torch.topk(-nearest, min(k, self.size)).indices
+        keep = torch.topk(-nearest, min(k, len(rows))).indices
         return idx[keep[torch.isfinite(nearest[keep])]]
 
 
