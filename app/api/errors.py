@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.core import problems
@@ -56,6 +57,16 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return problem_response(body)
 
 
+async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:
+    # the database is unreachable (restart, failover, refused connections): a retryable 503,
+    # as /readyz reports it, rather than an internal error
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path,
+                type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__)
+    body = problems.problem_dict(problems.NOT_READY, "the database is unavailable; retry shortly",
+                                 instance=request_instance(request))
+    return problem_response(body, {"Retry-After": "5"})
+
+
 async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     body = problems.problem_dict(problems.INTERNAL, "an unexpected error occurred; it has been "
@@ -67,4 +78,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(OperationalError, _database_down)
     app.add_exception_handler(Exception, _unhandled)
