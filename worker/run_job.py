@@ -165,6 +165,10 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
     valuer = build_valuer(method, fraction=fraction, seed=seed, params=params)
     result = valuer.fit(train, valuation_part, progress=reporter.callback)
     timings["valuation_s"] = time.perf_counter() - t
+    if method == "hostcp":  # keep what POST /v1/selectors/{job_id}/select needs
+        from worker.online_state import save_selector
+
+        save_selector(settings, job_id, valuer, train, result.selected)
 
     reporter.phase("mislabels")
     t = time.perf_counter()

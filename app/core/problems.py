@@ -41,6 +41,7 @@ IDEMPOTENCY_IN_FLIGHT = ProblemType("idempotency-in-flight",
                                     "A request with this Idempotency-Key is in progress", 409)
 IDEMPOTENCY_MISMATCH = ProblemType("idempotency-mismatch",
                                    "Idempotency-Key reused with a different request", 422)
+NO_SELECTOR = ProblemType("no-online-selector", "The job has no online selector", 409)
 NOT_READY = ProblemType("not-ready", "Service not ready", 503)
 INTERNAL = ProblemType("internal-error", "Internal server error", 500)
 HTTP_ERROR = ProblemType("http-error", "HTTP error", 400)

@@ -101,7 +101,12 @@ def test_job_plots_served(client, api_key_headers, other_key_headers, csv_pair, 
     assert flips.status_code == 200 and b"the 3 flipped labels" in flips.content
 
 
-def test_dashboard_page_served(client):
+def test_dashboard_page_served(settings):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    client = TestClient(create_app(settings))  # static pages: no lifespan, no runner needed
     page = client.get("/dashboard")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
