@@ -57,8 +57,8 @@ PAPER_NAMES = {"hostcp": "HOST-CP", "influence": "IF", "tmc_shapley": "DS", "dvr
                "tracin": "TracIn-CP"}
 # CPU-affordable settings; the slow baselines run fewer iterations than their reference
 # defaults (stated in the report).
-FULL_PARAMS: dict[str, dict] = {"tmc_shapley": {"max_permutations": 100},
-                                "dvrl": {"iterations": 100}, "data_oob": {"n_estimators": 200}}
+FULL_PARAMS: dict[str, dict] = {"tmc_shapley": {"max_permutations": 20},
+                                "dvrl": {"iterations": 50}, "data_oob": {"n_estimators": 200}}
 QUICK_PARAMS: dict[str, dict] = {"hostcp": {"epochs": 4, "warmup_epochs": 1},
                                  "tmc_shapley": {"max_permutations": 10},
                                  "dvrl": {"iterations": 10}, "data_oob": {"n_estimators": 50}}
@@ -496,6 +496,11 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
+def _command(argv) -> str:
+    return ("python benchmarks/paper.py " + " ".join(argv if argv is not None
+                                                      else sys.argv[1:])).strip()
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -508,11 +513,14 @@ def main(argv=None) -> None:
         t0 = time.perf_counter()
         tables = run(args)
         save_tables(tables, out)
+        (out / "command.txt").write_text(_command(argv) + "\n")
         print(f"done in {time.perf_counter() - t0:.0f}s", flush=True)
     plot_all(tables, out)
-    cmd = "python benchmarks/paper.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    # the runs' own commands (several when the CSVs of parallel runs were concatenated)
+    cmd_file = out / "command.txt"
+    cmd = cmd_file.read_text().strip() if cmd_file.is_file() else _command(argv)
     Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.report).write_text(report(tables, out, cmd.strip()))
+    Path(args.report).write_text(report(tables, out, cmd.replace("\n", "\n    ")))
     print(f"wrote {out}/*.csv, plots and {args.report}")
 
 

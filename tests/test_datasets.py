@@ -41,3 +41,15 @@ def test_unknown_dataset_lists_the_choices():
     with pytest.raises(ValueError, match="statlog_dna"):
         load_paper_dataset("cifar10")
     assert set(LOADERS) >= {"synthetic", "fashion_mnist", "statlog_dna", "newsgroups", "adult"}
+
+
+def test_read_idx_parses_the_mnist_format(tmp_path):
+    import gzip
+
+    from hostcp_core.datasets.fashion_mnist import read_idx
+
+    arr = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(header + arr.tobytes()))
+    assert np.array_equal(read_idx(path), arr)
