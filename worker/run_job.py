@@ -163,7 +163,13 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
     reporter.phase("valuing")
     t = time.perf_counter()
     valuer = build_valuer(method, fraction=fraction, seed=seed, params=params)
-    result = valuer.fit(train, valuation_part, progress=reporter.callback)
+    if method == "tmc_shapley":  # permutation chunks spread over workers
+        from worker.shapley_chunks import run_job_chunks
+
+        result = run_job_chunks(job_id, settings, valuer, train, valuation_part,
+                                reporter.callback)
+    else:
+        result = valuer.fit(train, valuation_part, progress=reporter.callback)
     timings["valuation_s"] = time.perf_counter() - t
     if method == "hostcp":  # keep what POST /v1/selectors/{job_id}/select needs
         from worker.online_state import save_selector

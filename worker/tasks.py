@@ -10,3 +10,10 @@ def run_job_task(job_id: str) -> str:
     from worker.run_job import run_job
 
     return run_job(job_id)
+
+
+@celery_app.task(name="hostcp.shapley_chunk", ignore_result=True, acks_late=True)
+def shapley_chunk_task(job_id: str, chunk_index: int, key: str) -> str:
+    from worker.shapley_chunks import run_helper_chunk
+
+    return run_helper_chunk(job_id, chunk_index, key)
