@@ -5,6 +5,7 @@ reaches the client as a bare problem+json, never with a traceback."""
 from __future__ import annotations
 
 import re
+import uuid
 
 import pytest
 from reliability_helpers import make_key
@@ -73,7 +74,23 @@ def _fill(path: str, ids: dict[str, str]) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", sub, path)
 
 
-def _call(client, method, url, headers, alice):
+def _minimal(schema: dict, spec: dict):
+    """A small value that satisfies ``schema`` (required fields only), so that a request body
+    passes validation and the answer is decided by ownership."""
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    if "anyOf" in schema:
+        return _minimal(schema["anyOf"][0], spec)
+    kind = schema.get("type")
+    if kind == "object":
+        return {k: _minimal(schema["properties"][k], spec) for k in schema.get("required", [])}
+    if kind == "array":
+        return [_minimal(schema.get("items", {}), spec)
+                for _ in range(max(1, schema.get("minItems", 1)))]
+    return {"integer": 1, "number": 1.0, "boolean": False}.get(kind, "x")
+
+
+def _call(client, method, path, url, headers, alice):
     if method == "POST" and url == "/v1/datasets":
         return client.post(url, headers=headers,
                            files={"file": ("x.csv", b"a,b,label\n1,2,x\n3,4,y\n")})
@@ -81,13 +98,24 @@ def _call(client, method, url, headers, alice):
         return client.post(url, headers=headers, json={
             "train_dataset_id": alice["train"]["id"], "test_dataset_id": alice["test"]["id"],
             "method": FAST_METHOD, "fraction": 0.3})
+    spec = client.app.openapi()
+    body = spec["paths"][path][method.lower()].get("requestBody")
+    if body and "application/json" in body["content"]:
+        schema = body["content"]["application/json"]["schema"]
+        return client.request(method, url, headers=headers, json=_minimal(schema, spec))
     return client.request(method, url, headers=headers)
+
+
+def _kind(r) -> tuple[int, str | None]:
+    is_problem = r.headers.get("content-type", "").startswith("application/problem+json")
+    return r.status_code, r.json()["type"] if is_problem else None
 
 
 def test_every_endpoint_hides_another_keys_data(client, settings, alice):
     bob, _ = make_key(settings, "bob")
     ids = {"job_id": alice["job"]["id"], "dataset_id": alice["train"]["id"],
            "filename": "curves.svg"}
+    ghost = {**ids, "job_id": str(uuid.uuid4()), "dataset_id": str(uuid.uuid4())}
     secrets_of_alice = [alice["train"]["id"], alice["test"]["id"], alice["job"]["id"],
                         alice["train"]["sha256"], "r0,"]
     routes = _v1_routes(client.app)
@@ -96,17 +124,20 @@ def test_every_endpoint_hides_another_keys_data(client, settings, alice):
     for method, path in routes:
         url = _fill(path, ids)
         # no key at all: 401 everywhere
-        assert_problem(_call(client, method, url, {}, alice), 401, "unauthorized")
-        r = _call(client, method, url, bob, alice)
-        variants = [r]
+        assert_problem(_call(client, method, path, url, {}, alice), 401, "unauthorized")
+        r = _call(client, method, path, url, bob, alice)
+        variants = [(r, _call(client, method, path, _fill(path, ghost), bob, alice))]
         if "{job_id}" in path and method == "GET":
-            variants += [client.get(url, headers=bob, params={"format": f})
+            variants += [(client.get(url, headers=bob, params={"format": f}),
+                          client.get(_fill(path, ghost), headers=bob, params={"format": f}))
                          for f in ("csv", "parquet")]
-        for resp in variants:
+        for resp, on_ghost in variants:
             assert resp.status_code < 500, (method, url, resp.text)
             body = resp.text
-            if "{" in path:  # one object of alice's: not found, not even disclosed as existing
-                assert_problem(resp, 404, "not-found")
+            if "{" in path:
+                # someone else's object answers exactly as one that does not exist
+                assert resp.status_code >= 400, (method, url, resp.text)
+                assert _kind(resp) == _kind(on_ghost), (method, url, resp.text, on_ghost.text)
                 for value in ids.values():  # the detail may echo the id that was asked for
                     body = body.replace(value, "") if value in url else body
             elif method == "POST" and path == "/v1/jobs":
@@ -114,12 +145,13 @@ def test_every_endpoint_hides_another_keys_data(client, settings, alice):
                 body = re.sub(r"no dataset [0-9a-f-]+", "", body)
             for secret in secrets_of_alice:
                 assert secret not in body, (method, url, secret, body[:300])
-        # and alice herself gets through, so the 404s above are about ownership, not the URL
-        if method == "GET":
-            assert client.get(url, headers=alice["h"]).status_code == 200, (url,)
+        # alice herself gets another answer, so the refusals above are about ownership
+        if method == "GET" and "{" in path:
+            mine = client.get(url, headers=alice["h"])
+            assert _kind(mine) != _kind(r), (url, mine.text)
         checked += 1
     assert checked == len(routes)
-    # bob's listings are empty; his cancel did nothing
+    # bob's listings hold only his own; his cancel did nothing
     assert client.get("/v1/jobs", headers=bob).json()["items"] == []
     assert [d["name"] for d in client.get("/v1/datasets", headers=bob).json()["items"]] in (
         [], ["x.csv"])
