@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery.signals import worker_process_init
+
 from worker.celery_app import celery_app
 
 
@@ -17,3 +19,11 @@ def shapley_chunk_task(job_id: str, chunk_index: int, key: str) -> str:
     from worker.shapley_chunks import run_helper_chunk
 
     return run_helper_chunk(job_id, chunk_index, key)
+
+
+@worker_process_init.connect
+def _preload(**_kw) -> None:
+    # in each pool process, not the parent (no torch state across fork): a chunk task on a
+    # fresh process would otherwise spend seconds importing before it computes anything
+    import hostcp_core.valuers.tmc_shapley  # noqa: F401
+    import worker.run_job  # noqa: F401

@@ -1,0 +1,216 @@
+"""Scale-out of a TMC-Shapley job over Celery workers: the same job (same data, same seed) with
+1 and then 2 worker processes on a fresh Postgres database and Redis, reporting the valuation
+time of each, the speed-up and whether both gave the same values.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shapley_scaleout.py
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shapley_scaleout.py --n 200 --permutations 40
+
+Needs Postgres (HOSTCP_TEST_POSTGRES_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/
+test) and Redis (HOSTCP_TEST_REDIS_URL, default redis://127.0.0.1:6379/0). Queue names are
+unique per run, so no other worker on that Redis takes these tasks. The speed-up is of the
+valuation stage (``timings.valuation_s``: what the chunks parallelise); the job's total time
+also holds loading, mislabels and curves, which run on one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ADMIN_URL = os.environ.get("HOSTCP_TEST_POSTGRES_URL",
+                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("HOSTCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _settings(data_dir: Path, database_url: str, tag: str):
+    from app.core.config import Settings
+
+    return Settings(env="test", data_dir=data_dir, database_url=database_url,
+                    broker_url=REDIS_URL, secret_key="bench", queue_cpu=f"cpu-{tag}",
+                    queue_gpu=f"gpu-{tag}", progress_interval_s=0.5,
+                    curve_fractions=(0.5, 1.0), curve_epochs=3)
+
+
+def _datasets(settings, owner_id: int, n: int, seed: int) -> tuple[str, str]:
+    from app.db.models import DatasetRecord
+    from app.db.session import session_scope
+    from app.storage import Storage, dataset_arrays
+    from hostcp_core import make_synthetic
+
+    train, test = make_synthetic(n, n, seed=seed)
+    store = Storage(settings.storage_root)
+    ids = []
+    with session_scope(settings) as s:
+        for ds in (train, test):
+            rec = DatasetRecord(id=str(uuid.uuid4()), owner_id=owner_id, name=ds.name,
+                                format="npz", sha256="0" * 64, content_key=uuid.uuid4().hex,
+                                size_bytes=1, raw_path="-",
+                                array_path=store.save_arrays(dataset_arrays(ds)), n_rows=ds.n,
+                                n_features=ds.n_features, classes=list(ds.classes),
+                                class_counts=np.bincount(ds.y).tolist())
+            s.add(rec)
+            ids.append(rec.id)
+    return ids[0], ids[1]
+
+
+class Workers:
+    """``hostcp worker`` processes (Celery, one task at a time each)."""
+
+    def __init__(self, settings, count: int, log_dir: Path) -> None:
+        s = settings
+        self.env = {**os.environ, "HOSTCP_ENV": "test", "HOSTCP_DATA_DIR": str(s.data_dir),
+                    "HOSTCP_DATABASE_URL": s.database_url, "HOSTCP_BROKER_URL": s.broker_url,
+                    "HOSTCP_QUEUE_CPU": s.queue_cpu, "HOSTCP_QUEUE_GPU": s.queue_gpu,
+                    "HOSTCP_SECRET_KEY": s.secret_key, "HOSTCP_PROGRESS_INTERVAL_S": "0.5",
+                    "HOSTCP_CURVE_FRACTIONS": "[0.5, 1.0]", "HOSTCP_CURVE_EPOCHS": "3",
+                    "OMP_NUM_THREADS": "1"}
+        self.count, self.log_dir = count, log_dir
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
+
+    def __enter__(self) -> Workers:
+        for i in range(self.count):
+            log = self.log_dir / f"worker-{self.count}-{i}.log"
+            self.logs.append(log)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker", "--queue", "cpu", "--loglevel",
+                 "INFO"], cwd=ROOT, env=self.env, stdout=open(log, "wb"),
+                stderr=subprocess.STDOUT, start_new_session=True))
+        deadline = time.monotonic() + 90
+        while not all(" ready." in p.read_text(errors="replace") for p in self.logs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in self.procs):
+                raise RuntimeError("workers did not start: " + "\n".join(
+                    p.read_text(errors="replace")[-2000:] for p in self.logs))
+            time.sleep(0.3)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+    def chunks_computed(self) -> list[int]:
+        return [p.read_text(errors="replace").count("'computed'") for p in self.logs]
+
+
+def _run_job(settings, owner_id: int, train_id: str, test_id: str, params: dict,
+             timeout: float) -> dict:
+    from app.db import repo
+    from app.db.models import Job, JobStatus, PointResult
+    from app.db.session import session_scope
+    from worker.dispatch import enqueue
+
+    with session_scope(settings) as s:
+        job = repo.create_job(s, owner_id=owner_id, train_dataset_id=train_id,
+                              test_dataset_id=test_id, method="tmc_shapley", params=params,
+                              fraction=0.2, seed=0, queue=settings.queue_cpu, max_attempts=3)
+        job_id = job.id
+    t0 = time.perf_counter()
+    assert enqueue(job_id, settings.queue_cpu, settings), "could not enqueue"
+    deadline = time.monotonic() + timeout
+    while True:
+        with session_scope(settings) as s:
+            job = s.get(Job, job_id)
+            status, timings, summary = job.status, job.timings, job.summary
+        if status in JobStatus.TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"job {job_id} still {status} after {timeout} s")
+        time.sleep(0.2)
+    wall = time.perf_counter() - t0
+    if status != JobStatus.SUCCEEDED:
+        raise RuntimeError(f"job {job_id} {status}")
+    with session_scope(settings) as s:
+        values = np.array([p.score for p in s.query(PointResult).filter_by(job_id=job_id)
+                           .order_by(PointResult.point_index)])
+    return {"job_id": job_id, "wall_s": wall, "valuation_s": timings["valuation_s"],
+            "extra": summary["extra"], "values": values}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy import create_engine, text
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=200, help="training (and test) points")
+    ap.add_argument("--permutations", type=int, default=40)
+    ap.add_argument("--chunk", type=int, default=4, help="permutations per chunk")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+
+    from app.core.config import configure
+    from app.db import repo
+    from app.db.migrate import upgrade
+    from app.db.session import dispose_engines, session_scope
+
+    tag = uuid.uuid4().hex[:10]
+    name = f"hostcp_bench_{tag}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    params = {"max_permutations": args.permutations, "check_every": args.chunk,
+              "err": 1e-12, "n_bootstrap": 20}  # err: run every permutation, for timing
+    runs = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            settings = _settings(Path(tmp) / "data", ADMIN_URL.rsplit("/", 1)[0] + f"/{name}",
+                                 tag)
+            configure(settings)
+            upgrade(settings)
+            with session_scope(settings) as s:
+                owner, _ = repo.create_api_key(s, name="bench")
+                owner_id = owner.id
+            train_id, test_id = _datasets(settings, owner_id, args.n, seed=0)
+            for count in args.workers:
+                with Workers(settings, count, Path(tmp)) as workers:
+                    run = _run_job(settings, owner_id, train_id, test_id, params, args.timeout)
+                    time.sleep(1.0)  # let late helper logs land
+                    run["chunks_by_helpers"] = workers.chunks_computed()
+                runs[count] = run
+                print(f"{count} worker(s): valuation {run['valuation_s']:.1f} s, job "
+                      f"{run['wall_s']:.1f} s, chunks {run['extra']['n_chunks']}, chunks taken "
+                      f"by helper tasks per worker {run['chunks_by_helpers']}", flush=True)
+    finally:
+        configure(None)
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    base = runs[args.workers[0]]
+    report = {"n": args.n, "permutations": args.permutations, "chunk": args.chunk,
+              "load_average": os.getloadavg(), "runs": {}}
+    for count, run in runs.items():
+        same = bool(np.array_equal(run["values"], base["values"]))
+        speedup = base["valuation_s"] / run["valuation_s"]
+        report["runs"][count] = {"valuation_s": run["valuation_s"], "wall_s": run["wall_s"],
+                                 "speedup_vs_first": speedup, "same_values": same,
+                                 "chunks_by_helpers": run["chunks_by_helpers"]}
+        print(f"{count} worker(s): speed-up {speedup:.2f}x over {args.workers[0]}, same values "
+              f"as with {args.workers[0]}: {same}")
+    print(f"load average during the run: {report['load_average']}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
