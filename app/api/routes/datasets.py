@@ -11,6 +11,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep
 from app.api.idempotency import Idempotency, check_key
@@ -91,10 +92,7 @@ def upload_dataset(
                                                 content_key=content_key)
         if existing is not None:
             store.delete(stored.rel_path)
-            body = DatasetPublic.model_validate(existing)
-            headers = {"Location": f"/v1/datasets/{existing.id}"}
-            idem.complete(200, body.model_dump(mode="json"), headers)
-            return JSONResponse(body.model_dump(mode="json"), status_code=200, headers=headers)
+            return _already_uploaded(existing, idem)
         precheck(store.path(stored.rel_path), fmt, max_upload_bytes=settings.max_upload_bytes,
                  max_features=settings.max_features)
         try:
@@ -113,7 +111,18 @@ def upload_dataset(
             class_counts=np.bincount(ds.y, minlength=ds.n_classes).tolist(),
             feature_names=None if ds.feature_names is None else list(ds.feature_names))
         session.add(rec)
-        session.commit()
+        try:
+            session.commit()
+        except IntegrityError:
+            # a concurrent upload of the same bytes and options committed first: answer with it
+            session.rollback()
+            existing = repo.find_dataset_by_content(session, owner_id=principal.id,
+                                                    content_key=content_key)
+            if existing is None:
+                raise
+            store.delete(stored.rel_path)
+            store.delete(array_path)
+            return _already_uploaded(existing, idem)
         committed = True
         body = DatasetPublic.model_validate(rec)
         headers = {"Location": f"/v1/datasets/{rec.id}"}
@@ -126,6 +135,13 @@ def upload_dataset(
             if array_path is not None:
                 store.delete(array_path)
         raise
+
+
+def _already_uploaded(existing: DatasetRecord, idem: Idempotency) -> JSONResponse:
+    body = DatasetPublic.model_validate(existing).model_dump(mode="json")
+    headers = {"Location": f"/v1/datasets/{existing.id}"}
+    idem.complete(200, body, headers)
+    return JSONResponse(body, status_code=200, headers=headers)
 
 
 @router.get("", response_model=DatasetsPage)
