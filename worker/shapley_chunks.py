@@ -182,6 +182,9 @@ def coordinate(valuer, train, test, store: ChunkStore, *,
 # --------------------------------------------------------------------------- in the service
 
 WINDOW_SERVER = 4  # chunks asked of helpers ahead of the merge; idle ones skip taken chunks
+# A helper process keeps the last run's loaded data, utility and mean score: its next chunk of
+# the same run (same key: same data and parameters) starts at once.
+_HELPER_CACHE: dict[str, tuple] = {}
 
 
 def _store(settings, job_id: str, key: str) -> ChunkStore:
@@ -240,18 +243,24 @@ def run_helper_chunk(job_id: str, chunk_index: int, key: str, settings=None) -> 
     store = _store(settings, job_id, key)
     if not store.root.is_dir() or store.result(chunk_index) is not None:
         return "skipped"
-    train, test = _load(settings, train_rec, test_rec)
-    try:  # the same valuation part as run_job takes
-        test, _ = split_test(test, settings.holdout_fraction, seed=seed)
-    except DataError:
-        pass
-    valuer = build_valuer("tmc_shapley", fraction=fraction, seed=seed, params=params)
-    if run_key(valuer, train, test) != key:
-        return "skipped: different data"  # never write where the coordinator reads
+    prepared = _HELPER_CACHE.get(key)
+    if prepared is None:
+        train, test = _load(settings, train_rec, test_rec)
+        try:  # the same valuation part as run_job takes
+            test, _ = split_test(test, settings.holdout_fraction, seed=seed)
+        except DataError:
+            pass
+        valuer = build_valuer("tmc_shapley", fraction=fraction, seed=seed, params=params)
+        if run_key(valuer, train, test) != key:
+            return "skipped: different data"  # never write where the coordinator reads
+        utility = valuer.utility(train, test)
+        prepared = (valuer, utility, valuer.mean_score(utility, seed))
+        _HELPER_CACHE.clear()  # one run at a time per process: keep memory flat
+        _HELPER_CACHE[key] = prepared
+    valuer, utility, mean_score = prepared
     sizes = chunk_sizes(valuer)
     if not 0 <= chunk_index < len(sizes) or not store.try_claim(chunk_index):
         return "skipped"
-    utility = valuer.utility(train, test)
-    compute_chunk(valuer, utility, valuer.mean_score(utility, seed), store, chunk_index,
-                  sizes[chunk_index], create=False)
+    compute_chunk(valuer, utility, mean_score, store, chunk_index, sizes[chunk_index],
+                  create=False)
     return "computed"

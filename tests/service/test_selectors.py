@@ -29,6 +29,9 @@ def test_online_selection_and_add(client, api_key_headers, other_key_headers, cs
     train = upload(client, h, csv_pair[0], id_column="row_id")
     test = upload(client, h, csv_pair[1], id_column="row_id")
     job_id = _job(client, h, train, test, "hostcp", HOSTCP_FAST)
+    links = client.get(f"/v1/jobs/{job_id}", headers=h).json()["links"]
+    assert links["selector"] == f"/v1/selectors/{job_id}/select"
+    assert client.get(links["plots"], headers=h).headers["content-type"] == "image/png"
     info = client.get(f"/v1/selectors/{job_id}", headers=h).json()
     n_subset = math.ceil(0.25 * train["n_rows"])
     assert info["selected_set_size"] == n_subset and info["added_online"] == 0

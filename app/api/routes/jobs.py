@@ -34,6 +34,9 @@ def job_public(job: Job) -> JobPublic:
     out.links = {"self": base, "cancel": f"{base}/cancel"}
     if job.status == JobStatus.SUCCEEDED:
         out.links.update({k: f"{base}/{k}" for k in ("subset", "values", "mislabels", "curves")})
+        out.links["plots"] = f"{base}/plots/curves.png"  # also classes, mislabels; .svg
+        if job.method == "hostcp":
+            out.links["selector"] = f"/v1/selectors/{job.id}/select"
     return out
 
 
