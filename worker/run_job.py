@@ -18,7 +18,7 @@ from datetime import timedelta
 
 import numpy as np
 from sqlalchemy import delete, insert, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.core import problems
 from app.core.config import Settings, get_settings
@@ -31,6 +31,7 @@ from worker.valuation import build_valuer
 
 log = logging.getLogger(__name__)
 
+PERSIST_RETRY_S = 60.0  # how long finished results wait for an unreachable database
 SKIPPED = "skipped"  # not claimable: finished, canceled, or leased by another live worker
 
 
@@ -55,7 +56,8 @@ def run_job(job_id: str, *, settings: Settings | None = None, worker_id: str | N
         with reporter:
             outcome = _execute(job_id, settings, reporter)
             reporter.phase("saving")
-            return _persist(job_id, worker_id, settings, outcome, time.perf_counter() - t0)
+            return _persist_retrying(job_id, worker_id, settings, outcome,
+                                     time.perf_counter() - t0)
     except Cancelled as exc:
         if reporter.lease_lost:
             return SKIPPED
@@ -71,9 +73,13 @@ def run_job(job_id: str, *, settings: Settings | None = None, worker_id: str | N
             return _finish(job_id, worker_id, settings, JobStatus.TIMED_OUT,
                            problems.problem_dict(problems.JOB_TIMED_OUT,
                                                  f"soft limit {settings.soft_time_limit_s} s"))
-        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError)
+                                                 and exc.connection_invalidated):
             log.warning("job %s: lost the database connection; releasing it", job_id)
-            return _release(job_id, worker_id, settings)
+            try:
+                return _release(job_id, worker_id, settings)
+            except DBAPIError:  # still down: the lease expires and the job is claimed again
+                return SKIPPED
         log.exception("job %s failed", job_id)  # the traceback stays in the worker's log
         detail = f"{type(exc).__name__}: {exc}"[:1000]
         return _finish(job_id, worker_id, settings, JobStatus.FAILED,
@@ -271,6 +277,24 @@ def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
         if outcome.curves:
             s.execute(insert(CurvePoint), [{"job_id": job_id, **c} for c in outcome.curves])
     return JobStatus.SUCCEEDED
+
+
+def _persist_retrying(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
+                      total_s: float) -> str:
+    """``_persist``, retried while the database is unreachable (a restart, a failover), so that
+    a finished computation is not thrown away. Bounded; safe because the write only happens
+    while this worker still holds the lease."""
+    delay, deadline = 0.25, time.monotonic() + PERSIST_RETRY_S
+    while True:
+        try:
+            return _persist(job_id, worker_id, settings, outcome, total_s)
+        except OperationalError:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("job %s: database unavailable while saving; retrying in %.2f s",
+                        job_id, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
 
 
 def _finish(job_id: str, worker_id: str, settings: Settings, status: str, error: dict) -> str:

@@ -80,8 +80,14 @@ def serve_forever(settings: Settings, *, wake_wait, clear, stopping) -> None:
             log.warning("runner could not read the job table", exc_info=True)
             ids = []
         if ids:
-            status = run_job(ids[0], settings=settings, worker_id=worker_id,
-                             should_stop=stopping)
+            try:
+                status = run_job(ids[0], settings=settings, worker_id=worker_id,
+                                 should_stop=stopping)
+            except Exception:  # e.g. the database went away: the runner must outlive it
+                log.warning("job %s: run_job raised; its lease will expire and it is retried",
+                            ids[0], exc_info=True)
+                wake_wait(settings.runner_poll_s)
+                continue
             log.info("job %s: %s", ids[0], status)
             continue
         wake_wait(settings.runner_poll_s)

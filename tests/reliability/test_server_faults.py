@@ -146,3 +146,57 @@ def test_database_outage_is_reported_and_survived(server):
             admin.dispose()
         until(lambda: client.get("/readyz").status_code == 200, 20, "readiness after the DB")
         assert client.get("/v1/jobs", headers=h).status_code == 200
+
+
+@pytest.fixture
+def pg_embedded(tmp_path):
+    """Postgres with the embedded runner (no broker)."""
+    url = create_database()
+    s = service_settings(tmp_path / "data", database_url=url, lease_s=3.0)
+    upgrade(s)
+    configure(s)
+    try:
+        yield s
+    finally:
+        configure(None)
+        dispose_engines()
+        drop_database(url)
+
+
+def test_database_outage_while_a_job_runs(pg_embedded, csv_pair):
+    """The database goes away mid-job for longer than the job has left to run, so the job's
+    final write meets the outage; once it is back, the job still ends succeeded, once, and the
+    runner is still up."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    s = pg_embedded
+    name = s.database_url.rsplit("/", 1)[1]
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with TestClient(create_app(s), raise_server_exceptions=False) as client:
+        h, _ = make_key(s, "ops")
+        train = upload(client, h, csv_pair[0], id_column="row_id")
+        test = upload(client, h, csv_pair[1], id_column="row_id")
+        job_id = client.post("/v1/jobs", headers=h,
+                             json=slow_job_body(train, test, 10)).json()["id"]
+        until(lambda: client.get(f"/v1/jobs/{job_id}", headers=h).json()["progress"] > 0.03,
+              60, "the job to run")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+                conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                  "WHERE datname = :d"), {"d": name})
+            time.sleep(12)  # the job (about 1.5 s of valuation, a few s of curves) ends meanwhile
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+            admin.dispose()
+        job = until(lambda: (j := client.get(f"/v1/jobs/{job_id}", headers=h).json())
+                    ["status"] not in ("queued", "running") and j, 90, "the job to end",
+                    every=0.3)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] == 1  # the results waited for the database; nothing was redone
+        assert n_points(s, job_id) == train["n_rows"]
+        assert client.app.state.runner.is_alive()
+        assert client.get("/readyz").status_code == 200
