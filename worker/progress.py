@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import select, update
+from sqlalchemy.exc import OperationalError
 
 from app.core.config import Settings
 from app.db.models import Job, JobStatus
@@ -92,8 +93,10 @@ class JobReporter:
         while not self._stop.wait(interval):
             try:
                 self.beat()
-            except Exception:  # a failed heartbeat must not kill the job; the next one retries
-                log.warning("heartbeat for job %s failed", self.job_id, exc_info=True)
+            except Exception as exc:  # a failed heartbeat must not kill the job; the next retries
+                # an unreachable database is expected during a restart: one line, no traceback
+                log.warning("heartbeat for job %s failed: %s", self.job_id, type(exc).__name__,
+                            exc_info=not isinstance(exc, OperationalError))
 
     def beat(self) -> None:
         now = utcnow()
