@@ -13,6 +13,7 @@ from app.core.config import Settings
 from app.core.problems import Problem
 from app.db import repo
 from app.db.models import ApiKey
+from app.db.session import transaction
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -20,15 +21,9 @@ def get_app_settings(request: Request) -> Settings:
 
 
 def get_db(request: Request) -> Iterator[Session]:
-    session = request.app.state.sessionmaker()
-    try:
+    """One session per request, committed when the handler returns."""
+    with transaction(request.app.state.sessionmaker()) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -60,9 +60,8 @@ def session_factory(settings: Settings | None = None) -> sessionmaker[Session]:
 
 
 @contextmanager
-def session_scope(settings: Settings | None = None) -> Iterator[Session]:
-    """Commit on success, roll back on error, always close."""
-    session = session_factory(settings)()
+def transaction(session: Session) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on error, always close."""
     try:
         yield session
         session.commit()
@@ -71,3 +70,10 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def session_scope(settings: Settings | None = None) -> Iterator[Session]:
+    """A new session as one unit of work (see :func:`transaction`)."""
+    with transaction(session_factory(settings)()) as session:
+        yield session
