@@ -79,7 +79,7 @@ def addition_curve(
     rows = []
     for step, f in enumerate(fractions):
         k = n_of(train.n, f)
-        idx = order[:k]
+        idx = np.sort(order[:k])  # the set matters, not its order (same minibatches at 100%)
         accs = _repeat(train, eval_set, idx, hidden, epochs, seed, device, repeats)
         rows.append({"fraction": float(f), "n_points": k, **accs,
                      "n_classes_present": int(np.unique(train.y[idx]).size)})
