@@ -284,7 +284,8 @@ class HostCP(Valuer):
         scores = {k: (v / max(u_count, 1)).cpu().numpy() for k, v in scores.items()}
         if embed.cost is not None:
             with torch.no_grad():
-                _, c = embed(self._represent(model, X, Y, self._represent(model, X, Y)))
+                final_scales = self._represent(model, X, Y)
+                _, c = embed(self._represent(model, X, Y, final_scales))
             scores["cost"] = -c.double().cpu().numpy()
         values = scores[self.score]
         # every per-point score, raw (before per-class standardisation), for analysis
