@@ -44,7 +44,7 @@ def _settings(data_dir: Path, database_url: str, tag: str):
 
 
 def _datasets(settings, owner_id: int, n: int, seed: int) -> tuple[str, str]:
-    from app.db.models import DatasetRecord
+    from app.db import repo
     from app.db.session import session_scope
     from app.storage import Storage, dataset_arrays
     from hostcp_core import make_synthetic
@@ -54,13 +54,8 @@ def _datasets(settings, owner_id: int, n: int, seed: int) -> tuple[str, str]:
     ids = []
     with session_scope(settings) as s:
         for ds in (train, test):
-            rec = DatasetRecord(id=str(uuid.uuid4()), owner_id=owner_id, name=ds.name,
-                                format="npz", sha256="0" * 64, content_key=uuid.uuid4().hex,
-                                size_bytes=1, raw_path="-",
-                                array_path=store.save_arrays(dataset_arrays(ds)), n_rows=ds.n,
-                                n_features=ds.n_features, classes=list(ds.classes),
-                                class_counts=np.bincount(ds.y).tolist())
-            s.add(rec)
+            rec = repo.add_dataset(s, owner_id=owner_id, dataset=ds, name=ds.name,
+                                   array_path=store.save_arrays(dataset_arrays(ds)))
             ids.append(rec.id)
     return ids[0], ids[1]
 

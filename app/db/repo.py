@@ -57,6 +57,26 @@ def local_principal(session: Session) -> ApiKey:
 
 # --- datasets ---------------------------------------------------------------------------------
 
+def add_dataset(session: Session, *, owner_id: int, dataset, array_path: str, name: str,
+                fmt: str = "npz", sha256: str = "0" * 64, content_key: str | None = None,
+                size_bytes: int = 1, raw_path: str = "-", label_column: str | None = None,
+                id_column: str | None = None) -> DatasetRecord:
+    """Record a validated ``hostcp_core.Dataset`` whose arrays are stored at ``array_path``;
+    shape, classes and counts come from the dataset itself. Added to the session, not committed.
+    The defaults describe a dataset made in-process (no uploaded file)."""
+    import numpy as np
+
+    rec = DatasetRecord(
+        id=str(uuid.uuid4()), owner_id=owner_id, name=name, format=fmt, sha256=sha256,
+        content_key=content_key or uuid.uuid4().hex, label_column=label_column,
+        id_column=id_column, size_bytes=size_bytes, raw_path=raw_path, array_path=array_path,
+        n_rows=dataset.n, n_features=dataset.n_features, classes=list(dataset.classes),
+        class_counts=np.bincount(dataset.y, minlength=dataset.n_classes).tolist(),
+        feature_names=None if dataset.feature_names is None else list(dataset.feature_names))
+    session.add(rec)
+    return rec
+
+
 def get_dataset(session: Session, *, owner_id: int, dataset_id: str) -> DatasetRecord | None:
     return session.scalar(select(DatasetRecord).where(DatasetRecord.id == dataset_id,
                                                       DatasetRecord.owner_id == owner_id))

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from sqlalchemy import update
 
 from app.db import repo
 from app.db.migrate import upgrade
-from app.db.models import DatasetRecord, Job, JobStatus, PointResult
+from app.db.models import Job, JobStatus, PointResult
 from app.db.session import session_scope
 from app.storage import Storage, dataset_arrays
 from hostcp_core import get_valuer, make_synthetic, split_test
@@ -111,13 +110,8 @@ def _tmc_job(settings) -> str:
         owner, _ = repo.create_api_key(s, name="w")
         ids = []
         for ds in (train, test):
-            rec = DatasetRecord(id=str(uuid.uuid4()), owner_id=owner.id, name=ds.name,
-                                format="npz", sha256="0" * 64, content_key=uuid.uuid4().hex,
-                                size_bytes=1, raw_path="-",
-                                array_path=store.save_arrays(dataset_arrays(ds)), n_rows=ds.n,
-                                n_features=ds.n_features, classes=list(ds.classes),
-                                class_counts=np.bincount(ds.y).tolist())
-            s.add(rec)
+            rec = repo.add_dataset(s, owner_id=owner.id, dataset=ds, name=ds.name,
+                                   array_path=store.save_arrays(dataset_arrays(ds)))
             ids.append(rec.id)
         s.flush()
         params = {k: v for k, v in TMC.items() if k != "seed"}

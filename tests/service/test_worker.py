@@ -4,7 +4,6 @@ Runs in-process (no runner) with stand-in valuers where timing matters."""
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 
 import numpy as np
@@ -13,7 +12,7 @@ from sqlalchemy import func, select, update
 
 from app.db import repo
 from app.db.migrate import upgrade
-from app.db.models import DatasetRecord, Job, PointResult
+from app.db.models import Job, PointResult
 from app.db.session import session_scope
 from app.db.types import utcnow
 from app.storage import Storage, dataset_arrays
@@ -34,13 +33,8 @@ def job_id(settings) -> str:
         owner, _ = repo.create_api_key(s, name="w")
         ids = []
         for ds in (train, test):
-            rec = DatasetRecord(id=str(uuid.uuid4()), owner_id=owner.id, name=ds.name,
-                                format="npz", sha256="0" * 64, content_key=uuid.uuid4().hex,
-                                size_bytes=1, raw_path="-",
-                                array_path=store.save_arrays(dataset_arrays(ds)), n_rows=ds.n,
-                                n_features=ds.n_features, classes=list(ds.classes),
-                                class_counts=np.bincount(ds.y).tolist())
-            s.add(rec)
+            rec = repo.add_dataset(s, owner_id=owner.id, dataset=ds, name=ds.name,
+                                   array_path=store.save_arrays(dataset_arrays(ds)))
             ids.append(rec.id)
         s.flush()
         job = repo.create_job(s, owner_id=owner.id, train_dataset_id=ids[0],

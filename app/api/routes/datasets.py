@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from datetime import datetime
 from typing import Annotated
 
-import numpy as np
 from fastapi import APIRouter, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
@@ -102,15 +100,10 @@ def upload_dataset(
             raise Problem(problems.INVALID_DATA, str(exc)) from None
         postcheck(ds, max_features=settings.max_features, max_classes=settings.max_classes)
         array_path = store.save_arrays(dataset_arrays(ds))
-        rec = DatasetRecord(
-            id=str(uuid.uuid4()), owner_id=principal.id, name=filename, format=fmt,
-            sha256=stored.sha256, content_key=content_key, label_column=label_column,
-            id_column=id_column, size_bytes=stored.size, raw_path=stored.rel_path,
-            array_path=array_path, n_rows=ds.n, n_features=ds.n_features,
-            classes=list(ds.classes),
-            class_counts=np.bincount(ds.y, minlength=ds.n_classes).tolist(),
-            feature_names=None if ds.feature_names is None else list(ds.feature_names))
-        session.add(rec)
+        rec = repo.add_dataset(
+            session, owner_id=principal.id, dataset=ds, array_path=array_path, name=filename,
+            fmt=fmt, sha256=stored.sha256, content_key=content_key, size_bytes=stored.size,
+            raw_path=stored.rel_path, label_column=label_column, id_column=id_column)
         try:
             session.commit()
         except IntegrityError:
