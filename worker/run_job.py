@@ -22,12 +22,12 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.core import problems
 from app.core.config import Settings, get_settings
-from app.db.models import CurvePoint, DatasetRecord, Job, JobStatus, PointResult
+from app.db.models import CurvePoint, DatasetRecord, Job, JobStatus, MethodPoint, PointResult
 from app.db.session import session_scope
 from app.db.types import utcnow
 from app.storage import Storage, arrays_dataset
 from worker.progress import Interrupted, JobReporter
-from worker.valuation import build_valuer
+from worker.valuation import COMPARE, build_valuer
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,18 @@ def run_job(job_id: str, *, settings: Settings | None = None, worker_id: str | N
     """Run one job to a terminal state (or back to queued); returns its resulting status, or
     ``"skipped"`` when there was nothing to do."""
     settings = settings or get_settings()
-    worker_id = worker_id or worker_identity()
+    try:
+        return _run_job(job_id, settings, worker_id or worker_identity(), should_stop)
+    finally:
+        # a TMC-Shapley job's chunk files live until it is terminal, whoever ended it (this run,
+        # or _claim closing out a job with no attempts left); a retry keeps and reuses them
+        from worker.shapley_chunks import drop_if_finished
+
+        drop_if_finished(settings, job_id)
+
+
+def _run_job(job_id: str, settings: Settings, worker_id: str,
+             should_stop: Callable[[], bool] | None) -> str:
     if not _claim(job_id, worker_id, settings):
         return SKIPPED
     reporter = JobReporter(job_id=job_id, worker_id=worker_id, settings=settings,
@@ -153,6 +164,8 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
         test_rec = s.get(DatasetRecord, job.test_dataset_id)
         method, params = job.method, dict(job.params or {})
         fraction, seed = job.fraction, job.seed
+        methods, inject_flips = job.methods, job.inject_flips
+        on_gpu = job.queue == settings.queue_gpu
     timings: dict[str, float] = {}
     t = time.perf_counter()
     train, test = _load(settings, train_rec, test_rec)
@@ -165,6 +178,19 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
         valuation_part, holdout = test, test
         holdout_note = "whole test set (too small to hold a part out)"
     timings["load_s"] = time.perf_counter() - t
+    summary = {"n_train": train.n, "n_test": test.n, "n_valuation": valuation_part.n,
+               "n_holdout": holdout.n, "curves_on": holdout_note}
+    device = params.get("device", "cpu") if params.get("device") in ("cpu", "cuda") else "cpu"
+
+    if method == COMPARE:  # several methods on the same data: worker/comparison.py
+        from worker.comparison import run_comparison
+
+        out = run_comparison(job_id, settings, reporter, train=train, valuation=valuation_part,
+                             holdout=holdout, methods=methods, params=params, fraction=fraction,
+                             seed=seed, inject_flips=inject_flips,
+                             device="cuda" if on_gpu else "cpu")
+        return _Outcome(**{**out, "timings": {**timings, **out["timings"]},
+                           "summary": {**summary, **out["summary"]}})
 
     reporter.phase("valuing")
     t = time.perf_counter()
@@ -190,7 +216,6 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
     reporter.phase("curves")
     t = time.perf_counter()
     fractions = [f for f in settings.curve_fractions if 0 < f <= 1]
-    device = params.get("device", "cpu") if params.get("device") in ("cpu", "cuda") else "cpu"
     curves = []
     orders = {"addition": result.ranking(), "random": random_order(train.n, seed=seed)}
     total = 2 * len(fractions) + 1
@@ -209,14 +234,12 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
                    "n_points": int(len(result.selected)), "value": float(acc)})
     timings["curves_s"] = time.perf_counter() - t
 
-    summary = {"n_train": train.n, "n_test": test.n, "n_valuation": valuation_part.n,
-               "n_holdout": holdout.n, "curves_on": holdout_note,
-               "n_selected": int(len(result.selected)),
-               "n_suspected": int(report["suspected"].sum()),
-               "method_params": _jsonable(result.params), "extra": _jsonable(result.extra),
-               "method_timings": _jsonable(result.timings)}
-    return _Outcome(train=train, result=result, report=report, curves=curves, timings=timings,
-                    summary=summary)
+    summary.update({"n_selected": int(len(result.selected)),
+                    "n_suspected": int(report["suspected"].sum()),
+                    "method_params": _jsonable(result.params), "extra": _jsonable(result.extra),
+                    "method_timings": _jsonable(result.timings)})
+    return _Outcome(train=train, result=result, order=orders["addition"], report=report,
+                    curves=curves, timings=timings, summary=summary, method_points=[])
 
 
 def _event(stage: str, step: int, total: int):
@@ -229,7 +252,7 @@ def _point_rows(job_id: str, outcome: _Outcome) -> list[dict]:
     train, result, report = outcome.train, outcome.result, outcome.report
     n = train.n
     rank = np.empty(n, dtype=np.int64)
-    rank[result.ranking()] = np.arange(1, n + 1)
+    rank[outcome.order] = np.arange(1, n + 1)
     selected = result.selected_mask
     by_index = report.set_index("index")
     given = train.label_names()
@@ -273,9 +296,12 @@ def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
         # replace, never append: a rerun leaves exactly one set of rows
         s.execute(delete(PointResult).where(PointResult.job_id == job_id))
         s.execute(delete(CurvePoint).where(CurvePoint.job_id == job_id))
+        s.execute(delete(MethodPoint).where(MethodPoint.job_id == job_id))
         s.execute(insert(PointResult), points)
         if outcome.curves:
             s.execute(insert(CurvePoint), [{"job_id": job_id, **c} for c in outcome.curves])
+        if outcome.method_points:  # comparison jobs: every method's values
+            s.execute(insert(MethodPoint), outcome.method_points)
     return JobStatus.SUCCEEDED
 
 

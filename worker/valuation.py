@@ -32,3 +32,26 @@ def build_valuer(method: str, *, fraction: float, seed: int, params: dict[str, A
         return get_valuer(method, **kw)
     except TypeError as exc:  # e.g. a required parameter missing
         raise ValueError(f"method {method!r}: {exc}") from None
+
+
+# A comparison job (method "compare") runs several methods on the same data; its params map a
+# method name to that method's parameters.
+COMPARE = "compare"
+MAX_COMPARED = 10  # every method there is, once each; a bound on one job's work
+
+
+def build_valuers(methods: list[str], *, fraction: float, seed: int,
+                  params: dict[str, Any]) -> dict[str, Any]:
+    """One configured valuer per compared method, in the given order; ValueError (user-facing)
+    for an unknown method or parameter, naming the method."""
+    out = {}
+    for method in methods:
+        own = params.get(method, {})
+        if not isinstance(own, dict):
+            raise ValueError(f"params.{method} must be an object of {method}'s parameters")
+        try:
+            out[method] = build_valuer(method, fraction=fraction, seed=seed, params=own)
+        except ValueError as exc:
+            raise ValueError(f"methods: {exc}" if method not in params else
+                             f"params.{method}: {exc}") from None
+    return out

@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from worker.valuation import COMPARE, MAX_COMPARED
 
 
 class DatasetPublic(BaseModel):
@@ -36,12 +38,41 @@ class JobCreate(BaseModel):
 
     train_dataset_id: str
     test_dataset_id: str
-    method: str = Field("hostcp", description="a method name; see GET /v1/methods")
+    method: str = Field("hostcp", description='a method name (see GET /v1/methods), or '
+                        '"compare" to run every method in `methods` on the same data')
     fraction: float = Field(0.2, gt=0, le=1, description="size of the subset, as a fraction "
                             "of the training set, in (0, 1]")
     seed: int = Field(0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict,
-                                   description="method parameters (e.g. epochs, device)")
+                                   description="method parameters (e.g. epochs, device); for "
+                                   '"compare", an object per method name')
+    methods: list[str] | None = Field(None, min_length=2, max_length=MAX_COMPARED,
+                                      description='"compare" only: the methods to compare, '
+                                      f"2 to {MAX_COMPARED}, each once; the first is the "
+                                      "default for subset, values and mislabels")
+    inject_flips: float | None = Field(None, ge=0, le=0.5, description='"compare" only: '
+                                       "share of training labels the job flips (seeded) "
+                                       "before valuing, to score flip detection; 0 or absent: "
+                                       "none")
+
+    @model_validator(mode="after")
+    def _comparison_fields(self) -> JobCreate:
+        if self.method != COMPARE:
+            if self.methods is not None or self.inject_flips is not None:
+                raise ValueError(f'methods and inject_flips belong to method "{COMPARE}" only')
+            return self
+        if self.methods is None:
+            raise ValueError(f'method "{COMPARE}" needs methods: the methods to compare')
+        twice = sorted({m for m in self.methods if self.methods.count(m) > 1})
+        if twice:
+            raise ValueError(f"methods must each appear once: {', '.join(twice)} repeated")
+        stray = sorted(set(self.params) - set(self.methods))
+        if stray:
+            raise ValueError(f'params of a "{COMPARE}" job are keyed by compared method; '
+                             f"not compared: {', '.join(stray)}")
+        if self.inject_flips == 0:
+            self.inject_flips = None  # flipping nothing is no injection
+        return self
 
 
 class JobPublic(BaseModel):
@@ -58,6 +89,8 @@ class JobPublic(BaseModel):
     params: dict[str, Any]
     fraction: float
     seed: int
+    methods: list[str] | None = None
+    inject_flips: float | None = None
     train_dataset_id: str
     test_dataset_id: str
     queue: str

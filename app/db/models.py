@@ -106,6 +106,10 @@ class Job(Base):
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     fraction: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(Integer, default=0)
+    # comparison jobs (method "compare") only: the methods run, and the share of training labels
+    # the job flips before valuing (None: none flipped)
+    methods: Mapped[list | None] = mapped_column(JSON)
+    inject_flips: Mapped[float | None] = mapped_column(Float)
     queue: Mapped[str] = mapped_column(String(64))
 
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
@@ -161,6 +165,21 @@ class CurvePoint(Base):
     fraction: Mapped[float] = mapped_column(Float)
     n_points: Mapped[int] = mapped_column(Integer)
     value: Mapped[float] = mapped_column(Float)
+
+
+class MethodPoint(Base):
+    """One training point's value under one method of a comparison job (``job_points`` holds
+    the first method's values, with its mislabel report)."""
+
+    __tablename__ = "job_method_points"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"),
+                                        primary_key=True)
+    method: Mapped[str] = mapped_column(String(64), primary_key=True)
+    point_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)  # 1 = most valuable
+    selected: Mapped[bool] = mapped_column(Boolean)
 
 
 class IdempotencyRecord(Base):

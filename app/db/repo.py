@@ -12,7 +12,15 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import ApiKey, CurvePoint, DatasetRecord, Job, JobStatus, PointResult
+from app.db.models import (
+    ApiKey,
+    CurvePoint,
+    DatasetRecord,
+    Job,
+    JobStatus,
+    MethodPoint,
+    PointResult,
+)
 from app.db.types import utcnow
 
 KEY_PREFIX = "hcp"
@@ -107,10 +115,12 @@ def _before(ts_col, id_col, after: tuple[datetime, str]):
 
 def create_job(session: Session, *, owner_id: int, train_dataset_id: str, test_dataset_id: str,
                method: str, params: dict, fraction: float, seed: int, queue: str,
-               max_attempts: int) -> Job:
+               max_attempts: int, methods: list[str] | None = None,
+               inject_flips: float | None = None) -> Job:
     job = Job(id=str(uuid.uuid4()), owner_id=owner_id, train_dataset_id=train_dataset_id,
               test_dataset_id=test_dataset_id, method=method, params=params, fraction=fraction,
-              seed=seed, queue=queue, status=JobStatus.QUEUED, progress=0.0,
+              seed=seed, methods=methods, inject_flips=inject_flips, queue=queue,
+              status=JobStatus.QUEUED, progress=0.0,
               cancel_requested=False, attempts=0, max_attempts=max_attempts, stage="queued")
     session.add(job)
     session.flush()
@@ -206,3 +216,23 @@ def list_curves(session: Session, *, job_id: str, after: tuple[str, int] | None,
     if limit is not None:
         q = q.limit(limit)
     return session.scalars(q).all()
+
+
+def list_method_points(session: Session, *, job_id: str, method: str, after: int | None,
+                       limit: int | None, selected_only: bool = False) -> Sequence:
+    """One compared method's per-point rows of a comparison job, in row order, with the point's
+    id and label from ``job_points``; rows carry the attribute names of a ``PointResult``
+    (point_index, point_id, score, rank, selected, given_label)."""
+    q = (select(MethodPoint.point_index, PointResult.point_id, MethodPoint.score,
+                MethodPoint.rank, MethodPoint.selected, PointResult.given_label)
+         .join(PointResult, and_(PointResult.job_id == MethodPoint.job_id,
+                                 PointResult.point_index == MethodPoint.point_index))
+         .where(MethodPoint.job_id == job_id, MethodPoint.method == method))
+    if selected_only:
+        q = q.where(MethodPoint.selected.is_(True))
+    if after is not None:
+        q = q.where(MethodPoint.point_index > after)
+    q = q.order_by(MethodPoint.point_index)
+    if limit is not None:
+        q = q.limit(limit)
+    return session.execute(q).all()

@@ -21,6 +21,7 @@ from app.core.problems import Problem
 from app.db import repo
 from app.db.models import DatasetRecord, Job, JobStatus
 from app.storage import Storage, arrays_dataset
+from worker.valuation import COMPARE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 methods_router = APIRouter(prefix="/v1/methods", tags=["methods"])
@@ -51,7 +52,7 @@ def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord
               settings: Settings) -> None:
     """Refuse a job that could only fail: unusable data, unknown method or parameter."""
     from hostcp_core import DataError, check_compatible, validate_train
-    from worker.valuation import build_valuer
+    from worker.valuation import build_valuer, build_valuers
 
     store = Storage(settings.storage_root)
     try:
@@ -63,9 +64,25 @@ def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord
     except DataError as exc:
         raise Problem(problems.INVALID_DATA, str(exc)) from None
     try:
-        build_valuer(body.method, fraction=body.fraction, seed=body.seed, params=body.params)
+        if body.method == COMPARE:
+            build_valuers(body.methods, fraction=body.fraction, seed=body.seed,
+                          params=body.params)
+        else:
+            build_valuer(body.method, fraction=body.fraction, seed=body.seed, params=body.params)
     except ValueError as exc:
         raise Problem(problems.INVALID_PARAMETERS, str(exc)) from None
+    if body.inject_flips is not None and round(body.inject_flips * train.n) < 1:
+        raise Problem(problems.INVALID_PARAMETERS, f"inject_flips={body.inject_flips} flips no "
+                      f"label of {train.n} training points; ask for at least {1 / train.n:.3g}")
+
+
+def _device(body: JobCreate) -> str | None:
+    """The device that picks the queue; a comparison goes to the GPU queue when any of its
+    methods asks for CUDA."""
+    if body.method != COMPARE:
+        return body.params.get("device")
+    wanted = {p.get("device") for p in body.params.values()}
+    return "cuda" if "cuda" in wanted else None
 
 
 @router.post("", status_code=202, response_model=JobPublic)
@@ -75,7 +92,9 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, settings:
     """Queue a valuation job. The answer is a status monitor; poll its Location."""
     from worker.dispatch import enqueue
 
-    fingerprint = hashlib.sha256(json.dumps(body.model_dump(mode="json"),
+    # exclude_none: a body without the comparison fields keeps the fingerprint it had before
+    # they existed, so stored Idempotency-Keys still match
+    fingerprint = hashlib.sha256(json.dumps(body.model_dump(mode="json", exclude_none=True),
                                             sort_keys=True).encode()).hexdigest()
     idem = Idempotency(request.app.state.sessionmaker, owner_id=principal.id,
                        key=check_key(idempotency_key), ttl_s=settings.idempotency_ttl_s)
@@ -90,12 +109,12 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, settings:
             if recs[field] is None:
                 raise Problem(problems.UNKNOWN_DATASET, f"{field}: no dataset {ident}")
         _validate(body, recs["train_dataset_id"], recs["test_dataset_id"], settings)
-        device = body.params.get("device")
         job = repo.create_job(session, owner_id=principal.id,
                               train_dataset_id=body.train_dataset_id,
                               test_dataset_id=body.test_dataset_id, method=body.method,
                               params=body.params, fraction=body.fraction, seed=body.seed,
-                              queue=settings.queue_for(device),
+                              methods=body.methods, inject_flips=body.inject_flips,
+                              queue=settings.queue_for(_device(body)),
                               max_attempts=settings.max_attempts)
         session.commit()  # the row exists before any worker can hear of it
         if enqueue(job.id, job.queue, settings):
