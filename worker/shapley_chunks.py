@@ -3,24 +3,31 @@
 TMC-Shapley's chunks are independent and deterministic in (seed, chunk index)
 (``TMCShapley.run_chunk``), so whoever computes a chunk computes the same numbers. The job's own
 ``run_job`` is the coordinator: it asks helpers (Celery ``hostcp.shapley_chunk`` tasks) to take
-the next few chunks, computes any chunk nobody has claimed itself, and merges finished chunks
-in index order, stopping at the first prefix that meets the convergence test, exactly where a
-sequential run stops. So the values do not depend on how many workers took part.
+chunks below a moving frontier (a few chunks ahead of the merge), computes any chunk nobody has
+claimed itself, and merges finished chunks in index order, stopping at the first prefix that
+meets the convergence test, exactly where a sequential run stops. So the values do not depend on
+how many workers took part.
 
 Chunks and claims are files in the shared store, under a key that fingerprints the data and
 the method's parameters (a helper that loaded different data writes where nobody reads):
-``chunk-N.npy`` (written atomically) and ``chunk-N.claim`` (its mtime is the claimer's
-heartbeat). Worker loss: a helper that dies leaves a claim that goes stale and the coordinator
-computes that chunk itself; a coordinator that dies loses its job lease, the reaper reruns the
-job, and the new coordinator reuses every chunk already written. Two workers computing one
-chunk is harmless (same bytes). The embedded runner has no helpers: it computes every chunk in
-sequence.
+``chunk-N.npy`` (written atomically), ``chunk-N.claim`` (its mtime is the claimer's heartbeat),
+``frontier`` (helpers may take chunks below it) and ``merged`` (the run is merged: helpers stop).
+A helper task keeps taking the lowest unclaimed chunk below the frontier until there is none, so
+a helper never idles waiting for the next message while there is work.
+
+Worker loss: a helper that dies leaves a claim that goes stale and the coordinator (or another
+helper) computes that chunk; a coordinator that dies loses its job lease, the reaper reruns the
+job, and the new coordinator reuses every chunk already written. Two workers computing one chunk
+is harmless (same bytes). The files live until the job is terminal (succeeded, failed, canceled,
+timed out: ``drop_if_finished``, called by ``run_job`` whoever ended the job, and ``sweep``), so
+a retry reuses them. The embedded runner has no helpers: it computes every chunk in sequence.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -32,15 +39,22 @@ import numpy as np
 
 from hostcp_core.progress import ProgressCallback, report
 
+log = logging.getLogger(__name__)
+
 STAGE = "tmc_shapley:permutations"
+
+
+class Abandoned(Exception):
+    """A helper's chunk is no longer wanted: the run was merged, or its job ended."""
 
 
 class ChunkStore:
     """Chunk results and claims of one run, as files under ``root``."""
 
-    def __init__(self, root: Path, stale_s: float):
+    def __init__(self, root: Path, stale_s: float, label: str | None = None):
         self.root = Path(root)
         self.stale_s = stale_s
+        self.label = label or self.root.name
 
     def _file(self, c: int, suffix: str) -> Path:
         return self.root / f"chunk-{c:05d}{suffix}"
@@ -59,15 +73,23 @@ class ChunkStore:
         elif not self.root.is_dir():
             return
         tmp = self._file(c, f".{os.getpid()}.part.npy")
-        np.save(tmp, marginals)
-        os.replace(tmp, self._file(c, ".npy"))
+        try:
+            np.save(tmp, marginals)
+            os.replace(tmp, self._file(c, ".npy"))
+        except FileNotFoundError:
+            if create:
+                raise  # the coordinator's own directory vanished: that is a bug, not a race
 
-    def try_claim(self, c: int) -> bool:
+    def try_claim(self, c: int, *, create: bool = True) -> bool:
         """True when the caller should compute chunk ``c``: no result yet, and no live claim
-        (a claim whose heartbeat is older than ``stale_s`` belongs to a dead worker)."""
+        (a claim whose heartbeat is older than ``stale_s`` belongs to a dead worker).
+        ``create=False`` (helpers): never recreate a cleared directory."""
         if self._file(c, ".npy").exists():
             return False
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif self.merged():
+            return False
         claim = self._file(c, ".claim")
         try:
             os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -76,15 +98,51 @@ class ChunkStore:
             try:
                 age = time.time() - claim.stat().st_mtime
             except FileNotFoundError:
-                return self.try_claim(c)
+                return self.try_claim(c, create=create)
             if age <= self.stale_s:
                 return False
-            self.heartbeat(c)  # take it over; a race with another taker only duplicates work
+            try:  # take it over; a race with another taker only duplicates work
+                self.heartbeat(c, create=create)
+            except Abandoned:
+                return False
             return True
+        except FileNotFoundError:  # the directory is gone: the job ended
+            if create:
+                raise
+            return False
 
-    def heartbeat(self, c: int) -> None:
+    def heartbeat(self, c: int, *, create: bool = True) -> None:
+        """Refresh a claim. A helper's (``create=False``) raises Abandoned once the run is
+        merged or its files were dropped: nobody wants the chunk any more."""
         claim = self._file(c, ".claim")
-        claim.touch()
+        if create:
+            claim.touch()
+            return
+        if self.merged():
+            raise Abandoned(f"{self.label}: merged")
+        try:
+            os.utime(claim)
+        except FileNotFoundError:
+            raise Abandoned(f"{self.label}: files dropped") from None
+
+    def set_frontier(self, upto: int) -> None:
+        """Helpers may take chunks below ``upto``."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"frontier.{os.getpid()}.part"
+        tmp.write_text(str(int(upto)))
+        os.replace(tmp, self.root / "frontier")
+
+    def frontier(self) -> int:
+        try:
+            return int((self.root / "frontier").read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
+
+    def mark_merged(self) -> None:
+        (self.root / "merged").touch()
+
+    def merged(self) -> bool:
+        return (self.root / "merged").exists()
 
     def clear(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
@@ -107,24 +165,29 @@ def run_key(valuer, train, test) -> str:
 def compute_chunk(valuer, utility, mean_score: float, store: ChunkStore, c: int,
                   size: int, progress: ProgressCallback | None = None, *,
                   create: bool = True) -> np.ndarray:
-    """Compute one claimed chunk, beating its claim after every permutation, and save it."""
+    """Compute one claimed chunk, beating its claim after every permutation, and save it.
+    Logs which process computed it (the evidence of who did the work)."""
     def beat(event) -> None:
-        store.heartbeat(c)
+        store.heartbeat(c, create=create)
         if progress is not None:
             progress(event)
 
+    t = time.perf_counter()
     marginals = valuer._chunk(utility, mean_score, c, size, valuer.seed, beat)
     store.save(c, marginals, create=create)
+    log.info("%s: chunk %d computed in %.2f s by pid %d", store.label, c,
+             time.perf_counter() - t, os.getpid())
     return marginals
 
 
 def coordinate(valuer, train, test, store: ChunkStore, *,
                fan_out: Callable[[Iterable[int]], None] | None = None, window: int = 2,
-               progress: ProgressCallback | None = None, poll_s: float = 0.2):
+               progress: ProgressCallback | None = None, poll_s: float = 0.05):
     """Run a TMCShapley valuer's chunks with helpers; the same ValuationResult as its ``fit``.
 
     ``fan_out(indices)`` asks helpers to take those chunks (None: no helpers); ``window`` is
-    how many chunks may be in flight at once (about the number of workers).
+    how many chunks past the merge may be in flight at once (about the number of workers, or
+    more: a larger window idles less but may compute more chunks past convergence).
     """
     from hostcp_core import check_compatible, validate_train
     from hostcp_core.result import ValuationResult
@@ -133,21 +196,26 @@ def coordinate(valuer, train, test, store: ChunkStore, *,
     validate_train(train)
     check_compatible(train, test)
     t0 = time.perf_counter()
-    utility = valuer.utility(train, test)
-    mean_score = valuer.mean_score(utility, valuer.seed)
     sizes = chunk_sizes(valuer)
     total = sum(sizes)
-    asked: set[int] = set()
+    asked = 0
 
     def ask(upto: int) -> None:
-        new = [j for j in range(upto) if j < len(sizes) and j not in asked]
-        if fan_out is not None and new:
-            fan_out(new)
-        asked.update(new)
+        nonlocal asked
+        upto = min(upto, len(sizes))
+        if fan_out is None or upto <= asked:
+            return
+        store.set_frontier(upto)  # before the messages: a helper reads it on arrival
+        fan_out(range(asked, upto))
+        asked = upto
+
+    # Ask first: helpers load their data while this process fits the full-data model.
+    ask(window)
+    utility = valuer.utility(train, test)
+    mean_score = valuer.mean_score(utility, valuer.seed)
 
     chunks: list[np.ndarray] = []
     done, error, c = 0, 1.0, 0
-    ask(window)
     while c < len(sizes):
         marginals = store.result(c)
         if marginals is None:
@@ -169,6 +237,7 @@ def coordinate(valuer, train, test, store: ChunkStore, *,
         if error < valuer.err:
             break
         ask(c + window)
+    store.mark_merged()  # helpers stop (a chunk in progress is abandoned at its next beat)
     values, error = merge_chunks(chunks)
     extra = {"n_permutations": done, "n_chunks": c, "convergence_error": error,
              "converged": bool(error < valuer.err), "mean_score": mean_score,
@@ -181,23 +250,80 @@ def coordinate(valuer, train, test, store: ChunkStore, *,
 
 # --------------------------------------------------------------------------- in the service
 
-WINDOW_SERVER = 4  # chunks asked of helpers ahead of the merge; idle ones skip taken chunks
+WINDOW_SERVER = 4  # chunks past the merge that helpers may take; idle ones skip taken chunks
 # A helper process keeps the last run's loaded data, utility and mean score: its next chunk of
-# the same run (same key: same data and parameters) starts at once.
+# the same run starts at once.
 _HELPER_CACHE: dict[str, tuple] = {}
 
 
-def _store(settings, job_id: str, key: str) -> ChunkStore:
+def _job_root(settings, job_id: str) -> Path:
     from app.storage import Storage
 
-    return ChunkStore(Storage(settings.storage_root).path(f"shapley/{job_id}/{key}"),
-                      stale_s=settings.lease_s)
+    return Storage(settings.storage_root).path(f"shapley/{job_id}")
+
+
+def _store(settings, job_id: str, key: str) -> ChunkStore:
+    return ChunkStore(_job_root(settings, job_id) / key, stale_s=settings.lease_s,
+                      label=f"job {job_id}")
+
+
+def drop_if_finished(settings, job_id: str) -> bool:
+    """Remove a job's chunk files once it is terminal (or gone); True when removed. Costs one
+    stat for jobs without chunk files. Best effort: a database error leaves them to ``sweep``."""
+    try:
+        root = _job_root(settings, job_id)
+    except ValueError:  # not a job id the store would have used
+        return False
+    if not root.exists():
+        return False
+    from sqlalchemy import select
+
+    from app.db.models import Job, JobStatus
+    from app.db.session import session_scope
+
+    try:
+        with session_scope(settings) as s:
+            status = s.scalar(select(Job.status).where(Job.id == job_id))
+    except Exception as exc:
+        log.warning("job %s: could not check whether its chunk files can go: %s", job_id,
+                    type(exc).__name__)
+        return False
+    if status is not None and status not in JobStatus.TERMINAL:
+        return False  # queued for a retry or running: the next coordinator reuses them
+    shutil.rmtree(root, ignore_errors=True)
+    return True
+
+
+def sweep(settings) -> list[str]:
+    """Remove the chunk files of every terminal (or deleted) job, e.g. one canceled through the
+    API while it was queued for a retry; returns their job ids. Run as each TMC job starts."""
+    from sqlalchemy import select
+
+    from app.db.models import Job, JobStatus
+    from app.db.session import session_scope
+    from app.storage import Storage
+
+    base = Storage(settings.storage_root).path("shapley")
+    if not base.is_dir():
+        return []
+    ids = [p.name for p in base.iterdir() if p.is_dir()]
+    if not ids:
+        return []
+    with session_scope(settings) as s:
+        live = set(s.scalars(select(Job.id).where(Job.id.in_(ids),
+                                                  Job.status.notin_(JobStatus.TERMINAL))))
+    gone = [i for i in ids if i not in live]
+    for job_id in gone:
+        shutil.rmtree(base / job_id, ignore_errors=True)
+    return gone
 
 
 def run_job_chunks(job_id: str, settings, valuer, train, test,
                    progress: ProgressCallback | None):
     """``run_job``'s TMC-Shapley path: coordinate the job's chunks (with Celery helpers in
-    server mode, alone in embedded mode), then drop the chunk files."""
+    server mode, alone in embedded mode). The files stay until the job is terminal."""
+    if sweep(settings):
+        log.info("removed chunk files of finished jobs")
     key = run_key(valuer, train, test)
     store = _store(settings, job_id, key)
     store.root.mkdir(parents=True, exist_ok=True)
@@ -212,19 +338,18 @@ def run_job_chunks(job_id: str, settings, valuer, train, test,
 
         def fan_out(indices: Iterable[int]) -> None:
             celery = get_celery(settings)
-            for c in indices:  # a lost message only means the coordinator computes it
+            for c in indices:  # a lost message only means someone else computes it
                 celery.send_task("hostcp.shapley_chunk", args=[job_id, int(c), key],
                                  queue=queue, ignore_result=True)
 
-    result = coordinate(valuer, train, test, store, fan_out=fan_out,
-                        window=WINDOW_SERVER if fan_out else 1, progress=progress)
-    store.clear()
-    return result
+    return coordinate(valuer, train, test, store, fan_out=fan_out,
+                      window=WINDOW_SERVER if fan_out else 1, progress=progress)
 
 
 def run_helper_chunk(job_id: str, chunk_index: int, key: str, settings=None) -> str:
-    """A helper's turn (the ``hostcp.shapley_chunk`` task): compute one chunk of a running
-    TMC-Shapley job if nobody has; returns what it did."""
+    """A helper's turn (the ``hostcp.shapley_chunk`` task): compute chunk ``chunk_index`` of a
+    running TMC-Shapley job if nobody has, then any other unclaimed chunk below the frontier,
+    until there is none; returns what it did."""
     from app.core.config import get_settings
     from app.db.models import DatasetRecord, Job, JobStatus
     from app.db.session import session_scope
@@ -235,13 +360,19 @@ def run_helper_chunk(job_id: str, chunk_index: int, key: str, settings=None) -> 
     settings = settings or get_settings()
     with session_scope(settings) as s:
         job = s.get(Job, job_id)
-        if job is None or job.status != JobStatus.RUNNING or job.method != "tmc_shapley":
-            return "skipped"
-        train_rec = s.get(DatasetRecord, job.train_dataset_id)
-        test_rec = s.get(DatasetRecord, job.test_dataset_id)
-        params, fraction, seed = dict(job.params or {}), job.fraction, job.seed
+        status = None if job is None else job.status
+        if job is None or status != JobStatus.RUNNING or job.method != "tmc_shapley":
+            job = None
+        else:
+            train_rec = s.get(DatasetRecord, job.train_dataset_id)
+            test_rec = s.get(DatasetRecord, job.test_dataset_id)
+            params, fraction, seed = dict(job.params or {}), job.fraction, job.seed
+    if job is None:
+        if status is None or status in JobStatus.TERMINAL:  # a late message: tidy up
+            drop_if_finished(settings, job_id)
+        return "skipped"
     store = _store(settings, job_id, key)
-    if not store.root.is_dir() or store.result(chunk_index) is not None:
+    if not store.root.is_dir() or store.merged() or store.result(chunk_index) is not None:
         return "skipped"
     prepared = _HELPER_CACHE.get(key)
     if prepared is None:
@@ -259,8 +390,20 @@ def run_helper_chunk(job_id: str, chunk_index: int, key: str, settings=None) -> 
         _HELPER_CACHE[key] = prepared
     valuer, utility, mean_score = prepared
     sizes = chunk_sizes(valuer)
-    if not 0 <= chunk_index < len(sizes) or not store.try_claim(chunk_index):
-        return "skipped"
-    compute_chunk(valuer, utility, mean_score, store, chunk_index, sizes[chunk_index],
-                  create=False)
-    return "computed"
+    computed = 0
+    while True:
+        # this message's chunk first, then the lowest free one below the frontier (the merge
+        # needs the low ones first)
+        candidates = [chunk_index, *range(min(store.frontier(), len(sizes)))]
+        target = next((j for j in candidates
+                       if 0 <= j < len(sizes) and store.try_claim(j, create=False)), None)
+        if target is None:
+            break
+        try:
+            compute_chunk(valuer, utility, mean_score, store, target, sizes[target],
+                          create=False)
+        except Abandoned as exc:
+            log.info("%s", exc)
+            break
+        computed += 1
+    return f"computed {computed}" if computed else "skipped"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -121,15 +122,32 @@ def _tmc_job(settings) -> str:
         return job.id
 
 
+def _reference(settings) -> tuple[str, np.ndarray]:
+    """The run key and the in-process values of the job ``_tmc_job`` makes."""
+    train, test = make_synthetic(30, 40, seed=5, n_features=4, n_important=2)
+    valuation, _ = split_test(test, settings.holdout_fraction, seed=0)
+    valuer = get_valuer("tmc_shapley", fraction=0.25, **TMC)  # as the job's fields give it
+    return sc.run_key(valuer, train, valuation), valuer.fit(train, valuation).values
+
+
+def _values(settings, job_id: str) -> np.ndarray:
+    with session_scope(settings) as s:
+        rows = s.query(PointResult).filter_by(job_id=job_id).order_by(
+            PointResult.point_index).all()
+    return np.array([r.score for r in rows])
+
+
+def _status(settings, job_id: str) -> tuple[str, dict | None]:
+    with session_scope(settings) as s:
+        job = s.get(Job, job_id)
+        return job.status, job.error
+
+
 def test_job_reuses_a_helpers_chunk(settings, counted):
     from worker.run_job import run_job
 
     job_id = _tmc_job(settings)
-    train, test = make_synthetic(30, 40, seed=5, n_features=4, n_important=2)
-    valuation, _ = split_test(test, settings.holdout_fraction, seed=0)
-    valuer = get_valuer("tmc_shapley", fraction=0.25, **TMC)  # as the job's fields give it
-    key = sc.run_key(valuer, train, valuation)
-    reference = valuer.fit(train, valuation)
+    key, reference = _reference(settings)
 
     # a helper is turned away while the job is not running, then takes chunk 1 while it is
     assert sc.run_helper_chunk(job_id, 1, key, settings) == "skipped"
@@ -139,7 +157,7 @@ def test_job_reuses_a_helpers_chunk(settings, counted):
     root.mkdir(parents=True)
     assert sc.run_helper_chunk(job_id, 1, "f" * 20, settings) == "skipped"  # another run
     counted.clear()
-    assert sc.run_helper_chunk(job_id, 1, key, settings) == "computed"
+    assert sc.run_helper_chunk(job_id, 1, key, settings) == "computed 1"  # no frontier yet
     assert counted == [1]
     with session_scope(settings) as s:
         s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.QUEUED))
@@ -147,10 +165,117 @@ def test_job_reuses_a_helpers_chunk(settings, counted):
     counted.clear()
     assert run_job(job_id, settings=settings) == JobStatus.SUCCEEDED
     assert 1 not in counted  # the helper's chunk was reused, not recomputed
+    np.testing.assert_allclose(_values(settings, job_id), reference, atol=0)
     with session_scope(settings) as s:
-        rows = s.query(PointResult).filter_by(job_id=job_id).order_by(
-            PointResult.point_index).all()
-        summary = s.get(Job, job_id).summary
-    np.testing.assert_allclose([r.score for r in rows], reference.values, atol=0)
-    assert summary["extra"]["n_chunks"] == 4
-    assert not root.exists()  # chunk files go once the values are merged
+        assert s.get(Job, job_id).summary["extra"]["n_chunks"] == 4
+    assert not root.parent.exists()  # chunk files go once the job is terminal
+
+
+def test_helper_keeps_taking_chunks_below_the_frontier_and_stops_when_merged(settings,
+                                                                            counted):
+    job_id = _tmc_job(settings)
+    key, _ = _reference(settings)
+    with session_scope(settings) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING))
+    store = sc._store(settings, job_id, key)
+    store.set_frontier(3)
+    assert store.try_claim(1)  # a live claim by someone else
+    counted.clear()
+    assert sc.run_helper_chunk(job_id, 2, key, settings) == "computed 2"
+    assert counted == [2, 0]  # its own chunk, then the lowest free one; never past 3
+    store.mark_merged()
+    assert sc.run_helper_chunk(job_id, 3, key, settings) == "skipped"
+    # a merged or dropped run abandons a helper's chunk at its next beat, and a helper never
+    # recreates a dropped directory
+    with pytest.raises(sc.Abandoned):
+        store.heartbeat(1, create=False)
+    store.clear()
+    with pytest.raises(sc.Abandoned):
+        store.heartbeat(1, create=False)
+    assert not store.try_claim(3, create=False)
+    store.save(3, np.zeros((3, 30)), create=False)
+    assert not store.root.exists()
+
+
+def _interrupted_after_two_chunks(settings, job_id: str, key: str):
+    """Run the job until chunks 0 and 1 are written, then stop the worker (the job goes back
+    to the queue, as when a runner shuts down): the retry must find the chunks."""
+    from worker.run_job import run_job
+
+    root = Storage(settings.storage_root).path(f"shapley/{job_id}/{key}")
+    status = run_job(job_id, settings=settings,
+                     should_stop=lambda: (root / "chunk-00001.npy").exists())
+    assert status == JobStatus.QUEUED
+    assert sorted(p.name for p in root.glob("chunk-*.npy")) == ["chunk-00000.npy",
+                                                                 "chunk-00001.npy"]
+    return root
+
+
+def test_retry_keeps_the_chunks_and_success_drops_them(settings, counted):
+    from worker.run_job import run_job
+
+    job_id = _tmc_job(settings)
+    key, reference = _reference(settings)
+    root = _interrupted_after_two_chunks(settings, job_id, key)
+    counted.clear()
+    assert run_job(job_id, settings=settings) == JobStatus.SUCCEEDED
+    assert counted == [2, 3]  # 0 and 1 reused
+    np.testing.assert_allclose(_values(settings, job_id), reference, atol=0)
+    assert not root.parent.exists()
+
+
+@pytest.mark.parametrize("end", ["error", "cancel", "max_attempts", "canceled_queued"])
+def test_chunk_files_go_when_the_job_ends_for_good(settings, monkeypatch, end):
+    """Whatever ends a TMC job (an error, a cancel while it runs, the claim path closing a job
+    with no attempts left, a cancel while it waits for a retry), its chunk files go."""
+    from app.core import problems
+    from app.db.types import utcnow
+    from worker.run_job import run_job
+
+    job_id = _tmc_job(settings)
+    key, _ = _reference(settings)
+    root = Storage(settings.storage_root).path(f"shapley/{job_id}")
+    if end in ("error", "cancel"):
+        original = TMCShapley._chunk
+        seen: list[list[str]] = []
+
+        def chunk(self, utility, mean_score, chunk_index, *args, **kw):
+            if chunk_index == 2:
+                seen.append(sorted(p.name for p in (root / key).glob("chunk-*.npy")))
+                if end == "error":
+                    raise RuntimeError("boom")
+                with session_scope(settings) as s:
+                    s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+            return original(self, utility, mean_score, chunk_index, *args, **kw)
+
+        monkeypatch.setattr(TMCShapley, "_chunk", chunk)
+        expected = JobStatus.FAILED if end == "error" else JobStatus.CANCELED
+        assert run_job(job_id, settings=settings) == expected
+        assert seen == [["chunk-00000.npy", "chunk-00001.npy"]]  # there were files to drop
+        slug = problems.JOB_FAILED.slug if end == "error" else problems.JOB_CANCELED.slug
+    else:
+        _interrupted_after_two_chunks(settings, job_id, key)
+        if end == "max_attempts":  # its last worker died: stale lease, no attempts left
+            with session_scope(settings) as s:
+                s.execute(update(Job).where(Job.id == job_id).values(
+                    status=JobStatus.RUNNING, attempts=3, lease_owner="dead",
+                    lease_expires_at=utcnow() - timedelta(seconds=5)))
+            assert run_job(job_id, settings=settings) == "skipped"
+            slug = problems.MAX_ATTEMPTS.slug
+        else:  # canceled through the API while queued: no worker runs it again
+            other = sc._job_root(settings, "0" * 8)  # files of a job that no longer exists
+            other.mkdir(parents=True)
+            assert sc.sweep(settings) == ["0" * 8] and root.exists()  # a retry's are kept
+            with session_scope(settings) as s:
+                repo.request_cancel(s, job=s.get(Job, job_id))
+            assert root.exists()
+            # a late helper message for it tidies up, and so does the next TMC job's start
+            assert sc.run_helper_chunk(job_id, 0, key, settings) == "skipped"
+            assert not root.exists()
+            (root / key).mkdir(parents=True)
+            assert sc.sweep(settings) == [job_id]
+            slug = None  # the API cancels a queued job with no error object
+    status, error = _status(settings, job_id)
+    assert status in JobStatus.TERMINAL
+    assert (error is None if slug is None else error["type"].endswith("/" + slug)), error
+    assert not root.exists()
