@@ -9,7 +9,7 @@ a figure.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 FORMATS = {"png": "image/png", "svg": "image/svg+xml"}
@@ -89,15 +89,25 @@ def class_distribution(points: Sequence[dict[str, Any]], classes: Sequence[str],
 def render_classes(points: Sequence[dict[str, Any]], classes: Sequence[str], *,
                    fmt: str = "png", title: str = "") -> bytes:
     """Grouped bars: class shares in the training set, the selected subset, the top 5 %."""
+    return render_class_shares(class_distribution(points, classes), classes, fmt=fmt,
+                               title=title)
+
+
+def render_class_shares(shares: Mapping[str, Sequence[float]], classes: Sequence[str], *,
+                        fmt: str = "png", title: str = "",
+                        colors: Mapping[str, str] | None = None) -> bytes:
+    """Grouped bars, one bar per named group of class shares (e.g. the training set, then the
+    top 5 % by value of each method of a comparison job)."""
     import numpy as np
 
-    shares = class_distribution(points, classes)
-    fig = _figure()
+    colors = colors or {}
+    fig = _figure(width=min(16.0, max(6.4, 1.2 + 0.35 * len(shares) * len(classes))))
     ax = fig.add_subplot()
     x = np.arange(len(classes))
     width = 0.8 / max(1, len(shares))
     for i, (name, values) in enumerate(shares.items()):
-        ax.bar(x + (i - (len(shares) - 1) / 2) * width, values, width, label=name)
+        ax.bar(x + (i - (len(shares) - 1) / 2) * width, values, width, label=name,
+               color=colors.get(name))
     ax.set_xticks(x, [str(c) for c in classes], rotation=30 if len(classes) > 6 else 0)
     ax.set_ylabel("share of points")
     ax.set_ylim(0, 1)
@@ -142,12 +152,23 @@ def render_flips(ranked_indices: Sequence[int], flipped: Sequence[int], *, fmt: 
                  title: str = "") -> bytes:
     """Flips found against points inspected in mislabel order, with the random-inspection line
     (the paper's noisy-label figure). Needs the indices of the labels that were flipped."""
-    n, m = len(ranked_indices), len(set(flipped))
-    found = flips_found(ranked_indices, flipped)
+    return render_flips_by_method({"mislabel order": ranked_indices}, flipped, fmt=fmt,
+                                  title=title)
+
+
+def render_flips_by_method(orders: Mapping[str, Sequence[int]], flipped: Sequence[int], *,
+                           fmt: str = "png", title: str = "") -> bytes:
+    """One flips-found line per named inspection order (most suspect first), e.g. each
+    compared method's values lowest first, and the random-inspection line."""
+    m = len(set(flipped))
     fig = _figure()
     ax = fig.add_subplot()
-    xs = [i / n for i in range(1, n + 1)]
-    ax.plot(xs, [f / m if m else 0.0 for f in found], color="C0", label="mislabel order")
+    colors = method_colors(list(orders))
+    for name, order in orders.items():
+        n = len(order)
+        found = flips_found(order, flipped)
+        xs = [i / n for i in range(1, n + 1)]
+        ax.plot(xs, [f / m if m else 0.0 for f in found], color=colors[name], label=name)
     ax.plot([0, 1], [0, 1], color="C7", ls="--", label="random inspection")
     ax.set_xlabel("fraction of training points inspected")
     ax.set_ylabel(f"fraction of the {m} flipped labels found")
@@ -156,4 +177,46 @@ def render_flips(ranked_indices: Sequence[int], flipped: Sequence[int], *, fmt: 
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title or "Flipped labels found")
+    return _encode(fig, fmt)
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, str]:
+    """One colour per method, by position (grey, C7, is kept for the random baselines)."""
+    cycle = [f"C{i}" for i in range(10) if i != 7]
+    return {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}
+
+
+def render_comparison_curves(curves: Sequence[dict[str, Any]], methods: Sequence[str], *,
+                             fmt: str = "png", title: str = "") -> bytes:
+    """A comparison job's curves, one line per method: the addition curve (train on the top
+    fraction by value; higher is better) and the removal curve (train without it; lower is
+    better). Rows: ``curve`` (``<method>:addition`` or ``<method>:removal``), ``fraction``,
+    ``value``."""
+    fig = _figure(width=10.0)
+    axes = fig.subplots(1, 2, sharey=True)
+    colors = method_colors(methods)
+    panels = (("addition", "fraction of training points kept (top by value)",
+               "Addition: train on the top"),
+              ("removal", "fraction of training points removed (top by value)",
+               "Removal: train without the top"))
+    for ax, (kind, xlabel, name) in zip(axes, panels, strict=True):
+        drawn = 0
+        for method in methods:
+            rows = sorted((r for r in curves if r["curve"] == f"{method}:{kind}"),
+                          key=lambda r: r["fraction"])
+            if rows:
+                ax.plot([r["fraction"] for r in rows], [r["value"] for r in rows], marker="o",
+                        color=colors[method], label=method)
+                drawn += 1
+        ax.set_xlabel(xlabel)
+        ax.set_xlim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(name)
+        if drawn:
+            ax.legend(loc="lower right" if kind == "addition" else "lower left")
+        else:
+            ax.text(0.5, 0.5, "no curves stored", ha="center", va="center",
+                    transform=ax.transAxes)
+    axes[0].set_ylabel("held-out accuracy")
+    fig.suptitle(title or "Method comparison")
     return _encode(fig, fmt)

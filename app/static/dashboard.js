@@ -125,12 +125,15 @@ async function showImage(img, path) {
 function showSummary(job) {
   const s = job.summary || {};
   const t = job.timings || {};
+  const comp = s.comparison;
   const items = [
-    ["Method", job.method], ["Fraction", job.fraction], ["Seed", job.seed],
+    ["Method", comp ? "compare: " + (job.methods || []).join(", ") : job.method],
+    ["Fraction", job.fraction], ["Seed", job.seed],
     ["Training points", s.n_train], ["Selected", s.n_selected],
     ["Suspected mislabels", s.n_suspected], ["Curves on", s.curves_on],
     ["Run time (s)", fmt(t.total_s, 2)],
   ];
+  if (comp) items.splice(4, 0, ["Injected flips", comp.n_flipped ? comp.n_flipped + " (" + comp.inject_flips + ")" : "none"]);
   const dl = $("summary");
   dl.replaceChildren();
   for (const [k, v] of items) {
@@ -201,7 +204,13 @@ function showDownloads(job) {
   for (const kind of ["subset", "values", "mislabels", "curves"]) {
     for (const f of ["csv", "parquet"]) files.push([kind + "." + f, base + "/" + kind + "?format=" + f]);
   }
-  for (const plot of ["curves", "classes", "mislabels"]) {
+  // a comparison job: every method's values (the plain ones are its first method's)
+  for (const m of (job.method === "compare" ? job.methods || [] : [])) {
+    files.push(["values-" + m + ".csv", base + "/values?format=csv&method=" + encodeURIComponent(m)]);
+  }
+  const plots = ["curves", "classes", "mislabels"];
+  if ((job.summary || {}).injected_flips) plots.push("flips");
+  for (const plot of plots) {
     for (const f of ["png", "svg"]) files.push([plot + "." + f, base + "/plots/" + plot + "." + f]);
   }
   for (const [label, path] of files) {
@@ -212,14 +221,45 @@ function showDownloads(job) {
   }
 }
 
+function accuracyAt(curve, fraction) {
+  const p = (curve || []).find((r) => Math.abs(r.fraction - fraction) < 1e-9);
+  return p ? fmt(p.accuracy) : "–";
+}
+
+function showComparison(job) {
+  const comp = (job.summary || {}).comparison;
+  $("comparison").hidden = !comp;
+  for (const el of document.querySelectorAll(".default-method")) {
+    el.textContent = comp ? "(first method: " + comp.default_method + ")" : "";
+  }
+  const body = $("comparison-table").querySelector("tbody");
+  body.replaceChildren();
+  if (!comp) return;
+  $("comparison-note").textContent = comp.n_flipped
+    ? "(" + comp.n_flipped + " labels flipped by the job)" : "(no injected flips: no flip scores)";
+  for (const r of comp.methods) {
+    const tr = document.createElement("tr");
+    tr.dataset.method = r.method;
+    cell(tr, r.method); cell(tr, fmt(r.run_time_s, 2));
+    cell(tr, r.flip_roc_auc === undefined ? "–" : fmt(r.flip_roc_auc));
+    cell(tr, r.ndcg === undefined ? "–" : fmt(r.ndcg));
+    for (const f of [0.05, 0.2, 0.5]) cell(tr, accuracyAt(r.addition, f));
+    body.appendChild(tr);
+  }
+}
+
 async function showResults(job) {
   releaseBlobs();
   showSummary(job);
   showDownloads(job);
+  showComparison(job);
+  const flips = !!(job.summary || {}).injected_flips;
+  $("figure-flips").hidden = !flips;
   $("results").hidden = false;
   await Promise.all([
     showImage($("plot-curves"), "/v1/jobs/" + job.id + "/plots/curves.png"),
     showImage($("plot-classes"), "/v1/jobs/" + job.id + "/plots/classes.png"),
+    flips ? showImage($("plot-flips"), "/v1/jobs/" + job.id + "/plots/flips.png") : null,
     showSubset(job), showMislabels(job),
   ]);
 }

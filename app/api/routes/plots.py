@@ -10,16 +10,60 @@ from app.api.routes.results import _finished_job
 from app.core import problems
 from app.core.problems import Problem
 from app.db import repo
-from app.db.models import DatasetRecord
+from app.db.models import DatasetRecord, Job
+from worker.valuation import COMPARE
 
 router = APIRouter(prefix="/v1/jobs", tags=["plots"])
 
 PLOTS = {
-    "curves": "held-out accuracy of the top fraction by value, a random fraction, the subset",
-    "classes": "class shares in the training set, the selected subset and the top 5 % by value",
+    "curves": "held-out accuracy of the top fraction by value, a random fraction, the subset "
+              "(comparison jobs: addition and removal curves, one line per method)",
+    "classes": "class shares in the training set, the selected subset and the top 5 % by value "
+               "(comparison jobs: the training set and each method's top 5 %)",
     "mislabels": "mislabel score in rank order, suspects highlighted",
-    "flips": "flipped labels found vs points inspected (jobs that record injected flips)",
+    "flips": "flipped labels found vs points inspected (jobs that record injected flips; "
+             "comparison jobs: one line per method, lowest value first)",
 }
+
+
+def _injected_flips(job: Job) -> list[int]:
+    # ground truth exists only where flips were injected on purpose (comparison jobs)
+    flipped = (job.summary or {}).get("injected_flips")
+    if not isinstance(flipped, list):
+        raise Problem(problems.NOT_FOUND, f"job {job.id} has no injected label flips to score "
+                      "against; the flips plot needs them")
+    return flipped
+
+
+def _comparison_plot(session, job: Job, name: str, ext: str, title: str) -> bytes:
+    """A comparison job's figures: one line (or bar group) per compared method."""
+    from app import plotting
+
+    methods = list(job.methods or [])
+    if name == "curves":
+        rows = [{"curve": c.curve, "fraction": c.fraction, "value": c.value}
+                for c in repo.list_curves(session, job_id=job.id, after=None, limit=None)]
+        return plotting.render_comparison_curves(rows, methods, fmt=ext,
+                                                 title=f"Method comparison · {title}")
+    if name == "classes":
+        comp = (job.summary or {}).get("comparison") or {}
+        top = f"top {comp.get('top_fraction', plotting.TOP_FRACTION):.0%}"
+        shares = {"training set": comp.get("train_class_fractions", [])}
+        shares.update({f"{r['method']} {top}": r["top_classes"]["fractions"]
+                       for r in comp.get("methods", [])})
+        colors = {"training set": "C7"}
+        colors.update({f"{m} {top}": c for m, c in plotting.method_colors(methods).items()})
+        return plotting.render_class_shares(shares, comp.get("classes", []), fmt=ext,
+                                            colors=colors,
+                                            title=f"Class distribution · {title}")
+    flipped = _injected_flips(job)
+    orders = {}
+    for method in methods:  # most suspect first: lowest value (highest rank number) first
+        rows = repo.list_method_points(session, job_id=job.id, method=method, after=None,
+                                       limit=None)
+        orders[method] = [r.point_index for r in sorted(rows, key=lambda r: -r.rank)]
+    return plotting.render_flips_by_method(orders, flipped, fmt=ext,
+                                           title=f"Flips found · {title}")
 
 
 def _split(filename: str) -> tuple[str, str]:
@@ -42,7 +86,9 @@ def get_plot(job_id: str, filename: str, session: SessionDep, principal: Princip
     name, ext = _split(filename)
     job = _finished_job(session, principal.id, job_id)
     title = f"{job.method} · job {job.id[:8]}"
-    if name == "curves":
+    if job.method == COMPARE and name != "mislabels":  # the mislabels are the first method's
+        body = _comparison_plot(session, job, name, ext, title)
+    elif name == "curves":
         rows = [{"curve": c.curve, "fraction": c.fraction, "n_points": c.n_points,
                  "value": c.value} for c in repo.list_curves(session, job_id=job.id, after=None,
                                                              limit=None)]
@@ -60,11 +106,7 @@ def get_plot(job_id: str, filename: str, session: SessionDep, principal: Princip
                      "suspected": p.suspected_mislabel} for p in points]
             body = plotting.render_mislabels(rows, fmt=ext, title=f"Mislabels · {title}")
         else:
-            # ground truth exists only where flips were injected on purpose (comparison jobs)
-            flipped = (job.summary or {}).get("injected_flips")
-            if not isinstance(flipped, list):
-                raise Problem(problems.NOT_FOUND, f"job {job.id} has no injected label flips to "
-                              "score against; the flips plot needs them")
+            flipped = _injected_flips(job)
             ranked = [p.point_index for p in sorted(points, key=lambda p: p.mislabel_rank)]
             body = plotting.render_flips(ranked, flipped, fmt=ext,
                                          title=f"Flips found · {title}")

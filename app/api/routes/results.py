@@ -17,6 +17,7 @@ from app.core import problems
 from app.core.problems import Problem
 from app.db import repo
 from app.db.models import Job, JobStatus
+from worker.valuation import COMPARE
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"])
 
@@ -24,6 +25,8 @@ Format = Annotated[Literal["json", "csv", "parquet"], Query(description="json (p
                                                                         "csv or parquet")]
 PageSize = Annotated[int | None, Query(description="rows per JSON page (default 50, max 1000)")]
 PageToken = Annotated[str | None, Query(description="next_page_token of the previous page")]
+MethodQuery = Annotated[str | None, Query(description="comparison jobs: one of the compared "
+                                                      "methods (default: the first)")]
 
 
 def _finished_job(session, principal_id: int, job_id: str) -> Job:
@@ -34,6 +37,20 @@ def _finished_job(session, principal_id: int, job_id: str) -> Job:
     if job.status != JobStatus.SUCCEEDED:
         raise Problem(problems.JOB_NOT_SUCCEEDED, f"job {job_id} is {job.status}")
     return job
+
+
+def _compared(job: Job, method: str | None) -> str | None:
+    """The compared method whose own rows to serve, or None for the job's ``job_points``
+    (a single-method job's results; a comparison job's first method, with its mislabels)."""
+    if method is None or (job.method != COMPARE and method == job.method):
+        return None
+    if job.method != COMPARE:
+        raise Problem(problems.INVALID_REQUEST, f"job {job.id} ran {job.method} only; method= "
+                      "picks one method of a comparison job")
+    if method not in (job.methods or []):
+        raise Problem(problems.INVALID_REQUEST, f"method must be one of the compared methods: "
+                      f"{', '.join(job.methods or [])}")
+    return method
 
 
 def _num(x: float | None) -> float | None:
@@ -76,19 +93,27 @@ def _file(rows: list[dict], columns: list[str], fmt: str, name: str) -> Response
 
 
 def _point_listing(session, settings, principal, job_id, *, kind, order, row, columns,
-                   fmt, page_size, page_token, selected_only=False, suspected_only=False):
+                   fmt, page_size, page_token, selected_only=False, suspected_only=False,
+                   method=None):
     job = _finished_job(session, principal.id, job_id)
+    compared = _compared(job, method)
+
+    def fetch(after, limit):
+        if compared is not None:  # rows in index order, as "values" and "subset" list them
+            return repo.list_method_points(session, job_id=job.id, method=compared,
+                                           after=after, limit=limit,
+                                           selected_only=selected_only)
+        return repo.list_points(session, job_id=job.id, order=order, after=after, limit=limit,
+                                selected_only=selected_only, suspected_only=suspected_only)
+
     if fmt != "json":
-        rows = [row(p) for p in repo.list_points(session, job_id=job.id, order=order, after=None,
-                                                  limit=None, selected_only=selected_only)]
-        if suspected_only:
-            rows = [r for r in rows if r["suspected"]]
-        return _file(rows, columns, fmt, f"{job.id}-{kind}")
+        rows = [row(p) for p in fetch(None, None)]
+        name = f"{job.id}-{kind}" + (f"-{compared}" if compared else "")
+        return _file(rows, columns, fmt, name)
     size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
-    scope = f"{kind}:{job.id}:{principal.id}:{int(suspected_only)}"
+    scope = f"{kind}:{job.id}:{principal.id}:{int(suspected_only)}:{compared or ''}"
     after = decode_token(settings.secret_key, scope, page_token) if page_token else None
-    points = repo.list_points(session, job_id=job.id, order=order, after=after, limit=size + 1,
-                              selected_only=selected_only, suspected_only=suspected_only)
+    points = fetch(after, size + 1)
     token = None
     if len(points) > size:
         points = points[:size]
@@ -100,20 +125,25 @@ def _point_listing(session, settings, principal, job_id, *, kind, order, row, co
 
 @router.get("/{job_id}/values", response_model=ValuesPage, response_model_exclude_none=False)
 def get_values(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
-               format: Format = "json", page_size: PageSize = None, page_token: PageToken = None):
-    """A value for every training point (higher = more valuable), in row order."""
+               format: Format = "json", page_size: PageSize = None, page_token: PageToken = None,
+               method: MethodQuery = None):
+    """A value for every training point (higher = more valuable), in row order; for a
+    comparison job, the first method's, or ``method``'s."""
     return _point_listing(session, settings, principal, job_id, kind="values", order="index",
                           row=_value_row, fmt=format, page_size=page_size, page_token=page_token,
+                          method=method,
                           columns=["index", "id", "score", "rank", "selected", "label"])
 
 
 @router.get("/{job_id}/subset", response_model=SubsetPage)
 def get_subset(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
-               format: Format = "json", page_size: PageSize = None, page_token: PageToken = None):
-    """The selected high-value subset (⌈fraction·n⌉ rows), in row order."""
+               format: Format = "json", page_size: PageSize = None, page_token: PageToken = None,
+               method: MethodQuery = None):
+    """The selected high-value subset (⌈fraction·n⌉ rows), in row order; for a comparison job,
+    the first method's, or ``method``'s."""
     return _point_listing(session, settings, principal, job_id, kind="subset", order="index",
                           row=_subset_row, fmt=format, page_size=page_size,
-                          page_token=page_token, selected_only=True,
+                          page_token=page_token, selected_only=True, method=method,
                           columns=["index", "id", "score", "rank", "label"])
 
 
@@ -135,7 +165,9 @@ def get_mislabels(job_id: str, session: SessionDep, settings: SettingsDep,
 def get_curves(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
                format: Format = "json", page_size: PageSize = None, page_token: PageToken = None):
     """Held-out accuracy of a model trained on the top fraction by value (``addition``), on a
-    random fraction (``random``), and on the selected subset (``subset``)."""
+    random fraction (``random``), and on the selected subset (``subset``). A comparison job
+    stores ``<method>:addition``, ``<method>:removal`` and, with injected flips,
+    ``<method>:flips`` (fraction of the flips found among the lowest-valued fraction)."""
     job = _finished_job(session, principal.id, job_id)
     columns = ["curve", "step", "fraction", "n_points", "value"]
     if format != "json":
