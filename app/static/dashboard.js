@@ -254,6 +254,7 @@ async function showResults(job) {
   showDownloads(job);
   showComparison(job);
   const flips = !!(job.summary || {}).injected_flips;
+  $("plot-curves").classList.toggle("wide", job.method === "compare");  // two panels
   $("figure-flips").hidden = !flips;
   $("results").hidden = false;
   await Promise.all([

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from service_helpers import assert_problem, upload, wait_for, write_csv_pair
+from test_dashboard_browser import browser, live_service  # noqa: F401  (fixtures)
 from test_postgres_celery import (  # noqa: F401  (fixtures: the same servers and worker)
     celery_worker,
     pg_database,
@@ -332,3 +333,59 @@ def test_comparison_on_postgres_and_celery(server_settings, celery_worker,  # no
             {"j": job["id"]}).all())
     assert per_method == {"knn_shapley": n, "random": n}
     assert len(job["summary"]["injected_flips"]) == round(0.1 * n)
+
+
+# --- the dashboard in headless Chromium ---------------------------------------------------------
+
+def test_dashboard_shows_a_comparison(live_service, browser, tmp_path):  # noqa: F811
+    import httpx
+    from selenium.webdriver.common.by import By
+    from test_dashboard_browser import ARTIFACTS, _wait
+
+    base, settings = live_service
+    with session_scope(settings) as s:
+        _, token = repo.create_api_key(s, name="browser")
+    methods = ["knn_shapley", "random"]
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"},
+                      timeout=30) as api:
+        ids = {}
+        for part, path in zip(("train", "test"), write_csv_pair(tmp_path, n_train=120),
+                              strict=True):
+            with open(path, "rb") as fh:
+                r = api.post("/v1/datasets", files={"file": (path.name, fh)},
+                             data={"id_column": "row_id"})
+            ids[part] = r.json()["id"]
+        r = api.post("/v1/jobs", json={"train_dataset_id": ids["train"],
+                                       "test_dataset_id": ids["test"], "method": "compare",
+                                       "methods": methods, "inject_flips": 0.1})
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+
+        browser.get(f"{base}/dashboard")
+        browser.find_element(By.ID, "api-key").send_keys(token)
+        browser.find_element(By.ID, "save-key").click()
+        _wait(lambda: browser.execute_script(
+            "return document.querySelector('#detail-status').textContent") == "succeeded",
+            90, "the comparison job to succeed on the page")
+        job = api.get(f"/v1/jobs/{job_id}").json()
+
+    _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#comparison-table tbody tr"), 10,
+          "the comparison table")
+    assert browser.find_element(By.ID, "comparison").is_displayed()
+    rows = browser.find_elements(By.CSS_SELECTOR, "#comparison-table tbody tr")
+    assert [r.get_attribute("data-method") for r in rows] == methods
+    for row, rec in zip(rows, job["summary"]["comparison"]["methods"], strict=True):
+        cells = row.text.split()
+        assert cells[0] == rec["method"] and cells[2] == f"{rec['flip_roc_auc']:.3f}"
+        assert cells[3] == f"{rec['ndcg']:.3f}"
+    for img_id, width in (("plot-curves", 1000), ("plot-flips", 640)):
+        img = browser.find_element(By.ID, img_id)
+        _wait(lambda img=img: img.get_attribute("data-loaded") == "1", 20, img_id)
+        assert browser.execute_script("return arguments[0].naturalWidth", img) == width
+    buttons = [b.text for b in browser.find_elements(By.CSS_SELECTOR, "#downloads button")]
+    assert {"values-knn_shapley.csv", "values-random.csv", "flips.png"} <= set(buttons)
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "dashboard-comparison.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+    logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not logs, logs
