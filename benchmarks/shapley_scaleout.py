@@ -101,8 +101,12 @@ class Workers:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
 
-    def chunks_computed(self) -> list[int]:
-        return [p.read_text(errors="replace").count("'computed'") for p in self.logs]
+    def chunks_computed(self, job_id: str) -> list[int]:
+        """Chunks of ``job_id`` each worker process computed (its own log lines, whether as
+        the job's coordinator or as a helper)."""
+        line = f"job {job_id}: chunk "
+        return [sum(1 for x in p.read_text(errors="replace").splitlines()
+                    if line in x and " computed in " in x) for p in self.logs]
 
 
 def _run_job(settings, owner_id: int, train_id: str, test_id: str, params: dict,
@@ -178,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
                 with Workers(settings, count, Path(tmp)) as workers:
                     run = _run_job(settings, owner_id, train_id, test_id, params, args.timeout)
                     time.sleep(1.0)  # let late helper logs land
-                    run["chunks_by_helpers"] = workers.chunks_computed()
+                    run["chunks_by_worker"] = workers.chunks_computed(run["job_id"])
                 runs[count] = run
                 print(f"{count} worker(s): valuation {run['valuation_s']:.1f} s, job "
-                      f"{run['wall_s']:.1f} s, chunks {run['extra']['n_chunks']}, chunks taken "
-                      f"by helper tasks per worker {run['chunks_by_helpers']}", flush=True)
+                      f"{run['wall_s']:.1f} s, chunks {run['extra']['n_chunks']}, chunks computed "
+                      f"by each worker process {run['chunks_by_worker']}", flush=True)
     finally:
         configure(None)
         dispose_engines()
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         speedup = base["valuation_s"] / run["valuation_s"]
         report["runs"][count] = {"valuation_s": run["valuation_s"], "wall_s": run["wall_s"],
                                  "speedup_vs_first": speedup, "same_values": same,
-                                 "chunks_by_helpers": run["chunks_by_helpers"]}
+                                 "chunks_by_worker": run["chunks_by_worker"]}
         print(f"{count} worker(s): speed-up {speedup:.2f}x over {args.workers[0]}, same values "
               f"as with {args.workers[0]}: {same}")
     print(f"load average during the run: {report['load_average']}")

@@ -25,5 +25,10 @@ def shapley_chunk_task(job_id: str, chunk_index: int, key: str) -> str:
 def _preload(**_kw) -> None:
     # in each pool process, not the parent (no torch state across fork): a chunk task on a
     # fresh process would otherwise spend seconds importing before it computes anything
+    # (scikit-learn's linear models alone: ~1 s, paid by the first TMC utility fit)
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.multiclass  # noqa: F401
+
     import hostcp_core.valuers.tmc_shapley  # noqa: F401
     import worker.run_job  # noqa: F401
+    import worker.shapley_chunks  # noqa: F401
