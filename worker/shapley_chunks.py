@@ -1,26 +1,29 @@
 """Distributed TMC Data Shapley: a job's permutation chunks run on any number of workers.
 
 TMC-Shapley's chunks are independent and deterministic in (seed, chunk index)
-(``TMCShapley.run_chunk``), so whoever computes a chunk computes the same numbers. The job's own
-``run_job`` is the coordinator: it asks helpers (Celery ``hostcp.shapley_chunk`` tasks) to take
-chunks below a moving frontier (a few chunks ahead of the merge), computes any chunk nobody has
-claimed itself, and merges finished chunks in index order, stopping at the first prefix that
-meets the convergence test, exactly where a sequential run stops. So the values do not depend on
-how many workers took part.
+(``TMCShapley.run_chunk``), and so is every run of permutations inside a chunk, so whoever
+computes a part of a chunk computes the same numbers. The job's own ``run_job`` is the
+coordinator: it asks helpers (Celery ``hostcp.shapley_chunk`` tasks) to take parts of chunks
+below a moving frontier (a few chunks ahead of the merge), computes any part nobody has claimed
+itself, and merges finished chunks in index order, stopping at the first prefix that meets the
+convergence test, exactly where a sequential run stops. So the values do not depend on how many
+workers took part. Parts are smaller than chunks (``check_every`` permutations) so that the
+workers finish together: the last chunk does not leave one worker idle while another computes it.
 
-Chunks and claims are files in the shared store, under a key that fingerprints the data and
-the method's parameters (a helper that loaded different data writes where nobody reads):
-``chunk-N.npy`` (written atomically), ``chunk-N.claim`` (its mtime is the claimer's heartbeat),
-``frontier`` (helpers may take chunks below it) and ``merged`` (the run is merged: helpers stop).
-A helper task keeps taking the lowest unclaimed chunk below the frontier until there is none, so
-a helper never idles waiting for the next message while there is work.
+Parts and claims are files in the shared store, under a key that fingerprints the data, the
+method's parameters and the part size (a helper that loaded different data writes where nobody
+reads): ``chunk-C-S.npy`` (chunk C from its permutation S; written atomically),
+``chunk-C-S.claim`` (its mtime is the claimer's heartbeat), ``frontier`` (helpers may take
+chunks below it) and ``merged`` (the run is merged: helpers stop). A helper task keeps taking
+the lowest unclaimed part below the frontier until there is none, so a helper never idles
+waiting for the next message while there is work.
 
 Worker loss: a helper that dies leaves a claim that goes stale and the coordinator (or another
-helper) computes that chunk; a coordinator that dies loses its job lease, the reaper reruns the
-job, and the new coordinator reuses every chunk already written. Two workers computing one chunk
+helper) computes that part; a coordinator that dies loses its job lease, the reaper reruns the
+job, and the new coordinator reuses every part already written. Two workers computing one part
 is harmless (same bytes). The files live until the job is terminal (succeeded, failed, canceled,
 timed out: ``drop_if_finished``, called by ``run_job`` whoever ended the job, and ``sweep``), so
-a retry reuses them. The embedded runner has no helpers: it computes every chunk in sequence.
+a retry reuses them. The embedded runner has no helpers: it computes whole chunks in sequence.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,52 +49,67 @@ STAGE = "tmc_shapley:permutations"
 
 
 class Abandoned(Exception):
-    """A helper's chunk is no longer wanted: the run was merged, or its job ended."""
+    """A helper's part is no longer wanted: the run was merged, or its job ended."""
+
+
+class Unit(NamedTuple):
+    """Permutations ``start`` .. ``start + size`` of chunk ``chunk``: what one claim covers."""
+
+    chunk: int
+    start: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        return f"chunk-{self.chunk:05d}-{self.start:05d}"
 
 
 class ChunkStore:
-    """Chunk results and claims of one run, as files under ``root``."""
+    """Results and claims of one run's parts, as files under ``root``."""
 
     def __init__(self, root: Path, stale_s: float, label: str | None = None):
         self.root = Path(root)
         self.stale_s = stale_s
         self.label = label or self.root.name
 
-    def _file(self, c: int, suffix: str) -> Path:
-        return self.root / f"chunk-{c:05d}{suffix}"
+    def _file(self, u: Unit, suffix: str) -> Path:
+        return self.root / f"{u.name}{suffix}"
 
-    def result(self, c: int) -> np.ndarray | None:
-        path = self._file(c, ".npy")
+    def has(self, u: Unit) -> bool:
+        return self._file(u, ".npy").exists()
+
+    def result(self, u: Unit) -> np.ndarray | None:
+        path = self._file(u, ".npy")
         if not path.exists():
             return None
         return np.load(path, allow_pickle=False)
 
-    def save(self, c: int, marginals: np.ndarray, *, create: bool = True) -> None:
-        """Write a chunk; ``create=False`` (helpers) writes nothing once the run's directory
+    def save(self, u: Unit, marginals: np.ndarray, *, create: bool = True) -> None:
+        """Write a part; ``create=False`` (helpers) writes nothing once the run's directory
         was cleared, so a late helper leaves no files behind a finished job."""
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not self.root.is_dir():
             return
-        tmp = self._file(c, f".{os.getpid()}.part.npy")
+        tmp = self._file(u, f".{os.getpid()}.part.npy")
         try:
             np.save(tmp, marginals)
-            os.replace(tmp, self._file(c, ".npy"))
+            os.replace(tmp, self._file(u, ".npy"))
         except FileNotFoundError:
             if create:
                 raise  # the coordinator's own directory vanished: that is a bug, not a race
 
-    def try_claim(self, c: int, *, create: bool = True) -> bool:
-        """True when the caller should compute chunk ``c``: no result yet, and no live claim
+    def try_claim(self, u: Unit, *, create: bool = True) -> bool:
+        """True when the caller should compute part ``u``: no result yet, and no live claim
         (a claim whose heartbeat is older than ``stale_s`` belongs to a dead worker).
         ``create=False`` (helpers): never recreate a cleared directory."""
-        if self._file(c, ".npy").exists():
+        if self.has(u):
             return False
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
         elif self.merged():
             return False
-        claim = self._file(c, ".claim")
+        claim = self._file(u, ".claim")
         try:
             os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
             return True
@@ -98,11 +117,11 @@ class ChunkStore:
             try:
                 age = time.time() - claim.stat().st_mtime
             except FileNotFoundError:
-                return self.try_claim(c, create=create)
+                return self.try_claim(u, create=create)
             if age <= self.stale_s:
                 return False
             try:  # take it over; a race with another taker only duplicates work
-                self.heartbeat(c, create=create)
+                self.heartbeat(u, create=create)
             except Abandoned:
                 return False
             return True
@@ -111,10 +130,10 @@ class ChunkStore:
                 raise
             return False
 
-    def heartbeat(self, c: int, *, create: bool = True) -> None:
+    def heartbeat(self, u: Unit, *, create: bool = True) -> None:
         """Refresh a claim. A helper's (``create=False``) raises Abandoned once the run is
-        merged or its files were dropped: nobody wants the chunk any more."""
-        claim = self._file(c, ".claim")
+        merged or its files were dropped: nobody wants the part any more."""
+        claim = self._file(u, ".claim")
         if create:
             claim.touch()
             return
@@ -126,7 +145,7 @@ class ChunkStore:
             raise Abandoned(f"{self.label}: files dropped") from None
 
     def set_frontier(self, upto: int) -> None:
-        """Helpers may take chunks below ``upto``."""
+        """Helpers may take parts of chunks below ``upto``."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f"frontier.{os.getpid()}.part"
         tmp.write_text(str(int(upto)))
@@ -154,40 +173,52 @@ def chunk_sizes(valuer) -> list[int]:
     return [min(size, total - c * size) for c in range(math.ceil(total / size))]
 
 
+def chunk_units(valuer, part: int | None = None) -> list[list[Unit]]:
+    """Each chunk's parts of (at most) ``part`` permutations; None: whole chunks."""
+    out = []
+    for c, size in enumerate(chunk_sizes(valuer)):
+        step = part or size
+        out.append([Unit(c, s, min(step, size - s)) for s in range(0, size, step)])
+    return out
+
+
 def run_key(valuer, train, test) -> str:
-    """Fingerprint of the data and the parameters: chunks are reused only for the same run."""
+    """Fingerprint of the data and the parameters: parts are reused only for the same run."""
     h = hashlib.sha256(json.dumps(valuer.get_params(), sort_keys=True, default=str).encode())
     for arr in (train.X, train.y, test.X, test.y):
         h.update(np.ascontiguousarray(arr).tobytes())
     return h.hexdigest()[:20]
 
 
-def compute_chunk(valuer, utility, mean_score: float, store: ChunkStore, c: int,
-                  size: int, progress: ProgressCallback | None = None, *,
-                  create: bool = True) -> np.ndarray:
-    """Compute one claimed chunk, beating its claim after every permutation, and save it.
+def compute_unit(valuer, utility, mean_score: float, store: ChunkStore, u: Unit,
+                 progress: ProgressCallback | None = None, *,
+                 create: bool = True) -> np.ndarray:
+    """Compute one claimed part, beating its claim after every permutation, and save it.
     Logs which process computed it (the evidence of who did the work)."""
     def beat(event) -> None:
-        store.heartbeat(c, create=create)
+        store.heartbeat(u, create=create)
         if progress is not None:
             progress(event)
 
     t = time.perf_counter()
-    marginals = valuer._chunk(utility, mean_score, c, size, valuer.seed, beat)
-    store.save(c, marginals, create=create)
-    log.info("%s: chunk %d computed in %.2f s by pid %d", store.label, c,
-             time.perf_counter() - t, os.getpid())
+    marginals = valuer._chunk(utility, mean_score, u.chunk, u.size, valuer.seed, beat,
+                              start=u.start)
+    store.save(u, marginals, create=create)
+    log.info("%s: chunk %d [%d:%d] computed in %.2f s by pid %d", store.label, u.chunk,
+             u.start, u.start + u.size, time.perf_counter() - t, os.getpid())
     return marginals
 
 
 def coordinate(valuer, train, test, store: ChunkStore, *,
                fan_out: Callable[[Iterable[int]], None] | None = None, window: int = 2,
-               progress: ProgressCallback | None = None, poll_s: float = 0.05):
+               part: int | None = None, progress: ProgressCallback | None = None,
+               poll_s: float = 0.05):
     """Run a TMCShapley valuer's chunks with helpers; the same ValuationResult as its ``fit``.
 
-    ``fan_out(indices)`` asks helpers to take those chunks (None: no helpers); ``window`` is
-    how many chunks past the merge may be in flight at once (about the number of workers, or
-    more: a larger window idles less but may compute more chunks past convergence).
+    ``fan_out(indices)`` asks helpers to take parts of those chunks (None: no helpers);
+    ``window`` is how many chunks past the merge may be in flight at once (about the number of
+    workers, or more: a larger window idles less but may compute more past convergence);
+    ``part``: permutations per claim (None: whole chunks).
     """
     from hostcp_core import check_compatible, validate_train
     from hostcp_core.result import ValuationResult
@@ -196,13 +227,13 @@ def coordinate(valuer, train, test, store: ChunkStore, *,
     validate_train(train)
     check_compatible(train, test)
     t0 = time.perf_counter()
-    sizes = chunk_sizes(valuer)
-    total = sum(sizes)
+    units = chunk_units(valuer, part)
+    total = valuer.max_permutations
     asked = 0
 
     def ask(upto: int) -> None:
         nonlocal asked
-        upto = min(upto, len(sizes))
+        upto = min(upto, len(units))
         if fan_out is None or upto <= asked:
             return
         store.set_frontier(upto)  # before the messages: a helper reads it on arrival
@@ -216,28 +247,27 @@ def coordinate(valuer, train, test, store: ChunkStore, *,
 
     chunks: list[np.ndarray] = []
     done, error, c = 0, 1.0, 0
-    while c < len(sizes):
-        marginals = store.result(c)
-        if marginals is None:
-            # compute the first chunk in the window that nobody is working on
-            target = next((j for j in range(c, min(c + window, len(sizes)))
-                           if store.try_claim(j)), None)
+    while c < len(units):
+        if not all(store.has(u) for u in units[c]):
+            # compute the first part in the window that nobody is working on
+            target = next((u for j in range(c, min(c + window, len(units))) for u in units[j]
+                           if store.try_claim(u)), None)
             if target is None:  # all taken by live helpers: wait (and let cancel through)
                 report(progress, STAGE, done, total)
                 time.sleep(poll_s)
                 continue
-            compute_chunk(valuer, utility, mean_score, store, target, sizes[target],
-                          lambda e, base=done: report(progress, STAGE, base + e.step, total))
+            compute_unit(valuer, utility, mean_score, store, target,
+                         lambda e, base=done: report(progress, STAGE, base + e.step, total))
             continue
-        chunks.append(marginals)
-        done += sizes[c]
+        chunks.append(np.concatenate([store.result(u) for u in units[c]]))
+        done += len(chunks[-1])
         c += 1
         report(progress, STAGE, done, total)
         _, error = merge_chunks(chunks)
         if error < valuer.err:
             break
         ask(c + window)
-    store.mark_merged()  # helpers stop (a chunk in progress is abandoned at its next beat)
+    store.mark_merged()  # helpers stop (a part in progress is abandoned at its next beat)
     values, error = merge_chunks(chunks)
     extra = {"n_permutations": done, "n_chunks": c, "convergence_error": error,
              "converged": bool(error < valuer.err), "mean_score": mean_score,
@@ -250,10 +280,16 @@ def coordinate(valuer, train, test, store: ChunkStore, *,
 
 # --------------------------------------------------------------------------- in the service
 
-WINDOW_SERVER = 4  # chunks past the merge that helpers may take; idle ones skip taken chunks
-# A helper process keeps the last run's loaded data, utility and mean score: its next chunk of
+WINDOW_SERVER = 4  # chunks past the merge that helpers may take; idle ones skip taken parts
+PARTS_PER_CHUNK = 8  # claims per chunk: the workers' finishing times differ by < 1/8 chunk
+# A helper process keeps the last run's loaded data, utility and mean score: its next part of
 # the same run starts at once.
 _HELPER_CACHE: dict[str, tuple] = {}
+
+
+def part_size(valuer) -> int:
+    """Permutations per claim in server mode."""
+    return max(1, math.ceil(valuer.check_every / PARTS_PER_CHUNK))
 
 
 def _job_root(settings, job_id: str) -> Path:
@@ -262,9 +298,10 @@ def _job_root(settings, job_id: str) -> Path:
     return Storage(settings.storage_root).path(f"shapley/{job_id}")
 
 
-def _store(settings, job_id: str, key: str) -> ChunkStore:
-    return ChunkStore(_job_root(settings, job_id) / key, stale_s=settings.lease_s,
-                      label=f"job {job_id}")
+def _store(settings, job_id: str, key: str, part: int | None) -> ChunkStore:
+    # the part size names the directory too: parts of different sizes never mix
+    return ChunkStore(_job_root(settings, job_id) / f"{key}-p{part or 0}",
+                      stale_s=settings.lease_s, label=f"job {job_id}")
 
 
 def drop_if_finished(settings, job_id: str) -> bool:
@@ -325,7 +362,8 @@ def run_job_chunks(job_id: str, settings, valuer, train, test,
     if sweep(settings):
         log.info("removed chunk files of finished jobs")
     key = run_key(valuer, train, test)
-    store = _store(settings, job_id, key)
+    part = None if settings.embedded else part_size(valuer)
+    store = _store(settings, job_id, key, part)
     store.root.mkdir(parents=True, exist_ok=True)
     fan_out = None
     if not settings.embedded:
@@ -339,17 +377,18 @@ def run_job_chunks(job_id: str, settings, valuer, train, test,
         def fan_out(indices: Iterable[int]) -> None:
             celery = get_celery(settings)
             for c in indices:  # a lost message only means someone else computes it
-                celery.send_task("hostcp.shapley_chunk", args=[job_id, int(c), key],
+                celery.send_task("hostcp.shapley_chunk", args=[job_id, int(c), key, part],
                                  queue=queue, ignore_result=True)
 
     return coordinate(valuer, train, test, store, fan_out=fan_out,
-                      window=WINDOW_SERVER if fan_out else 1, progress=progress)
+                      window=WINDOW_SERVER if fan_out else 1, part=part, progress=progress)
 
 
-def run_helper_chunk(job_id: str, chunk_index: int, key: str, settings=None) -> str:
-    """A helper's turn (the ``hostcp.shapley_chunk`` task): compute chunk ``chunk_index`` of a
-    running TMC-Shapley job if nobody has, then any other unclaimed chunk below the frontier,
-    until there is none; returns what it did."""
+def run_helper_chunk(job_id: str, chunk_index: int, key: str, part: int | None = None,
+                     settings=None) -> str:
+    """A helper's turn (the ``hostcp.shapley_chunk`` task): compute the lowest unclaimed part
+    of a running TMC-Shapley job below the frontier (chunk ``chunk_index`` when there is no
+    frontier), and the next, until there is none; returns what it did."""
     from app.core.config import get_settings
     from app.db.models import DatasetRecord, Job, JobStatus
     from app.db.session import session_scope
@@ -371,8 +410,8 @@ def run_helper_chunk(job_id: str, chunk_index: int, key: str, settings=None) -> 
         if status is None or status in JobStatus.TERMINAL:  # a late message: tidy up
             drop_if_finished(settings, job_id)
         return "skipped"
-    store = _store(settings, job_id, key)
-    if not store.root.is_dir() or store.merged() or store.result(chunk_index) is not None:
+    store = _store(settings, job_id, key, part)
+    if not store.root.is_dir() or store.merged():
         return "skipped"
     prepared = _HELPER_CACHE.get(key)
     if prepared is None:
@@ -389,19 +428,17 @@ def run_helper_chunk(job_id: str, chunk_index: int, key: str, settings=None) -> 
         _HELPER_CACHE.clear()  # one run at a time per process: keep memory flat
         _HELPER_CACHE[key] = prepared
     valuer, utility, mean_score = prepared
-    sizes = chunk_sizes(valuer)
+    units = chunk_units(valuer, part)
     computed = 0
     while True:
-        # this message's chunk first, then the lowest free one below the frontier (the merge
-        # needs the low ones first)
-        candidates = [chunk_index, *range(min(store.frontier(), len(sizes)))]
-        target = next((j for j in candidates
-                       if 0 <= j < len(sizes) and store.try_claim(j, create=False)), None)
+        # the lowest free part below the frontier: the merge needs the low chunks first
+        chunks = range(min(store.frontier(), len(units))) or [chunk_index]
+        target = next((u for j in chunks if 0 <= j < len(units) for u in units[j]
+                       if store.try_claim(u, create=False)), None)
         if target is None:
             break
         try:
-            compute_chunk(valuer, utility, mean_score, store, target, sizes[target],
-                          create=False)
+            compute_unit(valuer, utility, mean_score, store, target, create=False)
         except Abandoned as exc:
             log.info("%s", exc)
             break

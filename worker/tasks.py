@@ -15,10 +15,10 @@ def run_job_task(job_id: str) -> str:
 
 
 @celery_app.task(name="hostcp.shapley_chunk", ignore_result=True, acks_late=True)
-def shapley_chunk_task(job_id: str, chunk_index: int, key: str) -> str:
+def shapley_chunk_task(job_id: str, chunk_index: int, key: str, part: int | None = None) -> str:
     from worker.shapley_chunks import run_helper_chunk
 
-    return run_helper_chunk(job_id, chunk_index, key)
+    return run_helper_chunk(job_id, chunk_index, key, part)
 
 
 @worker_process_init.connect

@@ -86,9 +86,13 @@ class TMCShapley(Valuer):
 
     def _chunk(self, utility: AccuracyUtility, mean_score: float, chunk_index: int,
                n_permutations: int, seed: int, progress: ProgressCallback | None,
-               done: int = 0, total: int | None = None) -> np.ndarray:
+               done: int = 0, total: int | None = None, start: int = 0) -> np.ndarray:
+        """Permutations ``start`` .. ``start + n_permutations`` of chunk ``chunk_index``: a
+        chunk computed in parts equals the chunk computed at once."""
         rng = np.random.default_rng([seed, chunk_index])
         n = len(utility.y)
+        for _ in range(start):  # the stream's earlier permutations (microseconds each)
+            rng.permutation(n)
         out = np.zeros((n_permutations, n))
         for t in range(n_permutations):
             out[t] = self._one_permutation(utility, rng.permutation(n), mean_score)

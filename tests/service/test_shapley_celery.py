@@ -25,6 +25,7 @@ from app.db.session import session_scope
 from app.storage import Storage, dataset_arrays
 from hostcp_core import make_synthetic, split_test
 from hostcp_core.valuers.tmc_shapley import TMCShapley
+from worker import shapley_chunks as sc
 from worker.dispatch import enqueue
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
@@ -67,10 +68,12 @@ class Workers:
     def text(self, i: int) -> str:
         return self.logs[i].read_text(errors="replace") if self.logs[i].exists() else ""
 
-    def chunks(self, i: int, job_id: str) -> list[tuple[int, int]]:
-        """(chunk index, pid) of every chunk of ``job_id`` that worker ``i`` computed."""
-        pattern = rf"job {re.escape(job_id)}: chunk (\d+) computed in [\d.]+ s by pid (\d+)"
-        return [(int(c), int(p)) for c, p in re.findall(pattern, self.text(i))]
+    def chunks(self, i: int, job_id: str) -> list[tuple[tuple[int, int], int]]:
+        """((chunk, first permutation), pid) of every part of a chunk of ``job_id`` that worker
+        ``i`` computed."""
+        pattern = (rf"job {re.escape(job_id)}: chunk (\d+) \[(\d+):\d+\] computed in [\d.]+ s "
+                   rf"by pid (\d+)")
+        return [((int(c), int(a)), int(p)) for c, a, p in re.findall(pattern, self.text(i))]
 
     def coordinator(self, job_id: str) -> int:
         ran = [i for i in range(len(self.logs)) if f"hostcp.run_job[{job_id}]" in self.text(i)]
@@ -141,7 +144,10 @@ def test_two_workers_share_a_tmc_job_and_survive_losing_one(server_settings, wor
     # the test set that run_job keeps for valuation
     valuation, _ = split_test(test, s.holdout_fraction, seed=3)
     reference = TMCShapley(fraction=0.2, seed=3, **PARAMS).fit(train, valuation).values
-    n_chunks = PARAMS["max_permutations"] // PARAMS["check_every"]
+    # the parts the chunks are claimed in: (chunk, first permutation)
+    valuer = TMCShapley(**PARAMS)
+    parts = {(u.chunk, u.start) for c in sc.chunk_units(valuer, sc.part_size(valuer)) for u in c}
+    assert len(parts) > len(sc.chunk_sizes(valuer))  # smaller than chunks
     workers.wait_ready()
 
     # 1. both processes compute chunks; the values are the sequential run's
@@ -155,7 +161,7 @@ def test_two_workers_share_a_tmc_job_and_survive_losing_one(server_settings, wor
     # two different processes, and together they computed every chunk
     pids = {p for _, p in by_coordinator} | {p for _, p in by_helper}
     assert len(pids) == 2 and {p for _, p in by_coordinator}.isdisjoint(p for _, p in by_helper)
-    assert {c for c, _ in by_coordinator + by_helper} == set(range(n_chunks))
+    assert {u for u, _ in by_coordinator + by_helper} == parts
     assert not Storage(s.storage_root).path(f"shapley/{job_id}").exists()
 
     # 2. SIGKILL the helper's worker once it has computed a chunk of the next job (it is then
@@ -175,7 +181,7 @@ def test_two_workers_share_a_tmc_job_and_survive_losing_one(server_settings, wor
     np.testing.assert_allclose(values, reference, rtol=0, atol=1e-12)
     coordinator = 1 - helper
     assert workers.procs[coordinator].poll() is None
-    done = {c for c, _ in workers.chunks(coordinator, job_id) + workers.chunks(helper, job_id)}
-    assert done == set(range(n_chunks))
+    done = {u for u, _ in workers.chunks(coordinator, job_id) + workers.chunks(helper, job_id)}
+    assert done == parts
     print(f"helper killed {time.monotonic() - killed_at:.1f} s before the job ended; chunks "
           f"by the helper {sorted(c for c, _ in workers.chunks(helper, job_id))}")

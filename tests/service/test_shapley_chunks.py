@@ -45,20 +45,37 @@ def counted(monkeypatch):
     return calls
 
 
-def test_helpers_and_claims_do_not_change_the_values(data, tmp_path, counted):
+def test_a_chunk_in_parts_equals_the_chunk(data):
+    train, test = data
+    valuer = get_valuer("tmc_shapley", **TMC)
+    utility = valuer.utility(train, test)
+    ms = valuer.mean_score(utility, 0)
+    whole = valuer._chunk(utility, ms, 2, 5, 0, None)
+    parts = [valuer._chunk(utility, ms, 2, 2, 0, None, start=0),
+             valuer._chunk(utility, ms, 2, 1, 0, None, start=2),
+             valuer._chunk(utility, ms, 2, 2, 0, None, start=3)]
+    np.testing.assert_array_equal(np.concatenate(parts), whole)
+    assert [[tuple(u) for u in units] for units in sc.chunk_units(valuer, 2)] == [
+        [(c, 0, 2), (c, 2, 1)] for c in range(4)]
+
+
+@pytest.mark.parametrize("part", [None, 1])
+def test_helpers_and_claims_do_not_change_the_values(data, tmp_path, counted, part):
     train, test = data
     reference = get_valuer("tmc_shapley", **TMC).fit(train, test)
     counted.clear()
     valuer = get_valuer("tmc_shapley", **TMC)
     store = sc.ChunkStore(tmp_path / "run", stale_s=30)
     helped: list[int] = []
+    units = sc.chunk_units(valuer, part)
 
     def helper(c: int) -> None:
-        if store.try_claim(c):
-            utility = valuer.utility(train, test)
-            sc.compute_chunk(valuer, utility, valuer.mean_score(utility, valuer.seed), store, c,
-                             sc.chunk_sizes(valuer)[c])
-            helped.append(c)
+        for u in units[c]:
+            if store.try_claim(u):
+                utility = valuer.utility(train, test)
+                sc.compute_unit(valuer, utility, valuer.mean_score(utility, valuer.seed),
+                                store, u)
+                helped.append(c)
 
     threads: list[threading.Thread] = []
 
@@ -67,12 +84,13 @@ def test_helpers_and_claims_do_not_change_the_values(data, tmp_path, counted):
             threads.append(threading.Thread(target=helper, args=(c,)))
             threads[-1].start()
 
-    result = sc.coordinate(valuer, train, test, store, fan_out=fan_out, window=2)
+    result = sc.coordinate(valuer, train, test, store, fan_out=fan_out, window=2, part=part)
     for t in threads:
         t.join()
     np.testing.assert_array_equal(result.values, reference.values)
     assert result.extra["n_chunks"] == 4 and result.extra["n_permutations"] == 12
-    assert sorted(counted) == [0, 1, 2, 3]  # every chunk computed once, by someone
+    # every part computed once, by someone
+    assert sorted(counted) == sorted(u.chunk for units_c in units for u in units_c)
     assert helped, "no helper took a chunk"
 
 
@@ -83,17 +101,18 @@ def test_stale_claims_are_taken_over_and_live_ones_awaited(data, tmp_path, count
     store = sc.ChunkStore(tmp_path / "run", stale_s=5)
     # chunk 0: claimed by a worker that died long ago; chunk 2: claimed by a live one that
     # delivers a little later
-    assert store.try_claim(0) and store.try_claim(2)
+    u0, u2 = sc.Unit(0, 0, 3), sc.Unit(2, 0, 3)
+    assert store.try_claim(u0) and store.try_claim(u2)
     old = time.time() - 60
-    os.utime(store.root / "chunk-00000.claim", (old, old))
-    assert not store.try_claim(2)
+    os.utime(store.root / "chunk-00000-00000.claim", (old, old))
+    assert not store.try_claim(u2)
     utility = valuer.utility(train, test)
     true_chunk2 = valuer._chunk(utility, valuer.mean_score(utility, 0), 2, 3, 0, None)
     counted.clear()
 
     def deliver() -> None:
         time.sleep(1.0)
-        store.save(2, true_chunk2)
+        store.save(u2, true_chunk2)
 
     t = threading.Thread(target=deliver)
     t.start()
@@ -150,14 +169,15 @@ def test_job_reuses_a_helpers_chunk(settings, counted):
     key, reference = _reference(settings)
 
     # a helper is turned away while the job is not running, then takes chunk 1 while it is
-    assert sc.run_helper_chunk(job_id, 1, key, settings) == "skipped"
+    assert sc.run_helper_chunk(job_id, 1, key, settings=settings) == "skipped"
     with session_scope(settings) as s:
         s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING))
-    root = Storage(settings.storage_root).path(f"shapley/{job_id}/{key}")
+    root = sc._store(settings, job_id, key, None).root  # whole chunks, as the embedded runner
     root.mkdir(parents=True)
-    assert sc.run_helper_chunk(job_id, 1, "f" * 20, settings) == "skipped"  # another run
+    assert sc.run_helper_chunk(job_id, 1, "f" * 20, settings=settings) == "skipped"  # not ours
     counted.clear()
-    assert sc.run_helper_chunk(job_id, 1, key, settings) == "computed 1"  # no frontier yet
+    # no frontier yet: the message's chunk
+    assert sc.run_helper_chunk(job_id, 1, key, settings=settings) == "computed 1"
     assert counted == [1]
     with session_scope(settings) as s:
         s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.QUEUED))
@@ -177,23 +197,27 @@ def test_helper_keeps_taking_chunks_below_the_frontier_and_stops_when_merged(set
     key, _ = _reference(settings)
     with session_scope(settings) as s:
         s.execute(update(Job).where(Job.id == job_id).values(status=JobStatus.RUNNING))
-    store = sc._store(settings, job_id, key)
-    store.set_frontier(3)
-    assert store.try_claim(1)  # a live claim by someone else
+    store = sc._store(settings, job_id, key, 2)  # parts of 2 (and 1) permutations
+    store.set_frontier(2)
+    taken = sc.Unit(0, 0, 2)
+    assert store.try_claim(taken)  # a live claim by someone else
     counted.clear()
-    assert sc.run_helper_chunk(job_id, 2, key, settings) == "computed 2"
-    assert counted == [2, 0]  # its own chunk, then the lowest free one; never past 3
+    assert sc.run_helper_chunk(job_id, 1, key, 2, settings=settings) == "computed 3"
+    assert counted == [0, 1, 1]  # the lowest free parts; never past the frontier
+    assert sorted(f.name for f in store.root.glob("*.npy")) == [
+        "chunk-00000-00002.npy", "chunk-00001-00000.npy", "chunk-00001-00002.npy"]
     store.mark_merged()
-    assert sc.run_helper_chunk(job_id, 3, key, settings) == "skipped"
-    # a merged or dropped run abandons a helper's chunk at its next beat, and a helper never
+    store.set_frontier(4)
+    assert sc.run_helper_chunk(job_id, 3, key, 2, settings=settings) == "skipped"
+    # a merged or dropped run abandons a helper's part at its next beat, and a helper never
     # recreates a dropped directory
     with pytest.raises(sc.Abandoned):
-        store.heartbeat(1, create=False)
+        store.heartbeat(taken, create=False)
     store.clear()
     with pytest.raises(sc.Abandoned):
-        store.heartbeat(1, create=False)
-    assert not store.try_claim(3, create=False)
-    store.save(3, np.zeros((3, 30)), create=False)
+        store.heartbeat(taken, create=False)
+    assert not store.try_claim(sc.Unit(3, 0, 2), create=False)
+    store.save(sc.Unit(3, 0, 2), np.zeros((2, 30)), create=False)
     assert not store.root.exists()
 
 
@@ -202,12 +226,12 @@ def _interrupted_after_two_chunks(settings, job_id: str, key: str):
     to the queue, as when a runner shuts down): the retry must find the chunks."""
     from worker.run_job import run_job
 
-    root = Storage(settings.storage_root).path(f"shapley/{job_id}/{key}")
+    root = sc._store(settings, job_id, key, None).root
     status = run_job(job_id, settings=settings,
-                     should_stop=lambda: (root / "chunk-00001.npy").exists())
+                     should_stop=lambda: (root / "chunk-00001-00000.npy").exists())
     assert status == JobStatus.QUEUED
-    assert sorted(p.name for p in root.glob("chunk-*.npy")) == ["chunk-00000.npy",
-                                                                 "chunk-00001.npy"]
+    assert sorted(p.name for p in root.glob("chunk-*.npy")) == ["chunk-00000-00000.npy",
+                                                                 "chunk-00001-00000.npy"]
     return root
 
 
@@ -241,7 +265,7 @@ def test_chunk_files_go_when_the_job_ends_for_good(settings, monkeypatch, end):
 
         def chunk(self, utility, mean_score, chunk_index, *args, **kw):
             if chunk_index == 2:
-                seen.append(sorted(p.name for p in (root / key).glob("chunk-*.npy")))
+                seen.append(sorted(p.name for p in root.glob("*/chunk-*.npy")))
                 if end == "error":
                     raise RuntimeError("boom")
                 with session_scope(settings) as s:
@@ -251,7 +275,8 @@ def test_chunk_files_go_when_the_job_ends_for_good(settings, monkeypatch, end):
         monkeypatch.setattr(TMCShapley, "_chunk", chunk)
         expected = JobStatus.FAILED if end == "error" else JobStatus.CANCELED
         assert run_job(job_id, settings=settings) == expected
-        assert seen == [["chunk-00000.npy", "chunk-00001.npy"]]  # there were files to drop
+        # there were files to drop
+        assert seen == [["chunk-00000-00000.npy", "chunk-00001-00000.npy"]]
         slug = problems.JOB_FAILED.slug if end == "error" else problems.JOB_CANCELED.slug
     else:
         _interrupted_after_two_chunks(settings, job_id, key)
@@ -270,7 +295,7 @@ def test_chunk_files_go_when_the_job_ends_for_good(settings, monkeypatch, end):
                 repo.request_cancel(s, job=s.get(Job, job_id))
             assert root.exists()
             # a late helper message for it tidies up, and so does the next TMC job's start
-            assert sc.run_helper_chunk(job_id, 0, key, settings) == "skipped"
+            assert sc.run_helper_chunk(job_id, 0, key, settings=settings) == "skipped"
             assert not root.exists()
             (root / key).mkdir(parents=True)
             assert sc.sweep(settings) == [job_id]
