@@ -3,13 +3,15 @@
 time of each, the speed-up and whether both gave the same values.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shapley_scaleout.py
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shapley_scaleout.py --n 200 --permutations 40
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/shapley_scaleout.py --permutations 60 --repeat 3
 
 Needs Postgres (HOSTCP_TEST_POSTGRES_URL, default postgresql+psycopg://postgres@127.0.0.1:5432/
 test) and Redis (HOSTCP_TEST_REDIS_URL, default redis://127.0.0.1:6379/0). Queue names are
 unique per run, so no other worker on that Redis takes these tasks. The speed-up is of the
 valuation stage (``timings.valuation_s``: what the chunks parallelise); the job's total time
-also holds loading, mislabels and curves, which run on one worker.
+also holds loading, mislabels and curves, which run on one worker (printed too). Each run starts
+fresh worker processes; with ``--repeat`` the worker counts alternate round by round and the
+figures are medians, so a burst of other load on the machine hits both alike.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Workers:
         self.logs: list[Path] = []
 
     def __enter__(self) -> Workers:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         for i in range(self.count):
             log = self.log_dir / f"worker-{self.count}-{i}.log"
             self.logs.append(log)
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--permutations", type=int, default=40)
     ap.add_argument("--chunk", type=int, default=4, help="permutations per chunk")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds (each runs every worker count; figures are medians)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = ap.parse_args(argv)
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     params = {"max_permutations": args.permutations, "check_every": args.chunk,
               "err": 1e-12, "n_bootstrap": 20}  # err: run every permutation, for timing
-    runs = {}
+    runs: dict[int, list[dict]] = {count: [] for count in args.workers}
+    load_before = os.getloadavg()
     try:
         with tempfile.TemporaryDirectory() as tmp:
             settings = _settings(Path(tmp) / "data", ADMIN_URL.rsplit("/", 1)[0] + f"/{name}",
@@ -178,33 +184,46 @@ def main(argv: list[str] | None = None) -> int:
                 owner, _ = repo.create_api_key(s, name="bench")
                 owner_id = owner.id
             train_id, test_id = _datasets(settings, owner_id, args.n, seed=0)
-            for count in args.workers:
-                with Workers(settings, count, Path(tmp)) as workers:
-                    run = _run_job(settings, owner_id, train_id, test_id, params, args.timeout)
-                    time.sleep(1.0)  # let late helper logs land
-                    run["chunks_by_worker"] = workers.chunks_computed(run["job_id"])
-                runs[count] = run
-                print(f"{count} worker(s): valuation {run['valuation_s']:.1f} s, job "
-                      f"{run['wall_s']:.1f} s, chunks {run['extra']['n_chunks']}, chunks computed "
-                      f"by each worker process {run['chunks_by_worker']}", flush=True)
+            for r in range(args.repeat):
+                for count in args.workers:
+                    with Workers(settings, count, Path(tmp) / f"r{r}") as workers:
+                        run = _run_job(settings, owner_id, train_id, test_id, params,
+                                       args.timeout)
+                        time.sleep(1.0)  # let late helper logs land
+                        run["parts_by_worker"] = workers.chunks_computed(run["job_id"])
+                    run["load_average"] = os.getloadavg()
+                    runs[count].append(run)
+                    print(f"{count} worker(s): valuation {run['valuation_s']:.2f} s, job "
+                          f"{run['wall_s']:.1f} s, chunks {run['extra']['n_chunks']}, parts "
+                          f"computed by each worker process {run['parts_by_worker']}, load "
+                          f"{run['load_average'][0]:.2f}", flush=True)
     finally:
         configure(None)
         dispose_engines()
         with admin.connect() as conn:
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
-    base = runs[args.workers[0]]
+    first = args.workers[0]
+    base = runs[first][0]
+    median = {c: (float(np.median([r["valuation_s"] for r in rs])),
+                  float(np.median([r["wall_s"] for r in rs]))) for c, rs in runs.items()}
     report = {"n": args.n, "permutations": args.permutations, "chunk": args.chunk,
-              "load_average": os.getloadavg(), "runs": {}}
-    for count, run in runs.items():
-        same = bool(np.array_equal(run["values"], base["values"]))
-        speedup = base["valuation_s"] / run["valuation_s"]
-        report["runs"][count] = {"valuation_s": run["valuation_s"], "wall_s": run["wall_s"],
-                                 "speedup_vs_first": speedup, "same_values": same,
-                                 "chunks_by_worker": run["chunks_by_worker"]}
-        print(f"{count} worker(s): speed-up {speedup:.2f}x over {args.workers[0]}, same values "
-              f"as with {args.workers[0]}: {same}")
-    print(f"load average during the run: {report['load_average']}")
+              "repeat": args.repeat, "load_average_before": load_before,
+              "load_average_after": os.getloadavg(), "runs": {}}
+    for count, rs in runs.items():
+        same = all(np.array_equal(r["values"], base["values"]) for r in rs)
+        speedup = median[first][0] / median[count][0]
+        report["runs"][count] = {
+            "valuation_s": [r["valuation_s"] for r in rs], "wall_s": [r["wall_s"] for r in rs],
+            "median_valuation_s": median[count][0], "median_wall_s": median[count][1],
+            "speedup_vs_first": speedup, "wall_speedup_vs_first": median[first][1]
+            / median[count][1], "same_values": same,
+            "parts_by_worker": [r["parts_by_worker"] for r in rs],
+            "load_average": [r["load_average"] for r in rs]}
+        print(f"{count} worker(s): valuation speed-up {speedup:.2f}x over {first} (median of "
+              f"{len(rs)}; whole job {median[first][1] / median[count][1]:.2f}x), same values as "
+              f"with {first}: {same}")
+    print(f"load average before {load_before}, after {report['load_average_after']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2))
