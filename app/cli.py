@@ -81,6 +81,10 @@ def _dataset_options(p) -> None:
 
 def _job_options(p) -> None:
     p.add_argument("--method", default="hostcp")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="compare these methods in one job (method 'compare')")
+    p.add_argument("--inject-flips", type=float, default=None, metavar="FRACTION",
+                   help="comparison jobs: flip this share of the training labels first")
     p.add_argument("--fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -230,7 +234,8 @@ def cmd_remote_upload(args) -> int:
 def cmd_remote_submit(args) -> int:
     with _client(args) as c:
         _print(c.submit_job(args.train, args.test, method=args.method, fraction=args.fraction,
-                            seed=args.seed, params=_params(args.param)))
+                            seed=args.seed, params=_params(args.param), methods=args.methods,
+                            inject_flips=args.inject_flips))
     return 0
 
 
@@ -262,7 +267,8 @@ def cmd_remote_value(args) -> int:
         train = c.upload_dataset(_resolve(args.train), **opts)
         test = c.upload_dataset(_resolve(args.test), **opts)
         job = c.submit_job(train["id"], test["id"], method=args.method, fraction=args.fraction,
-                           seed=args.seed, params=_params(args.param))
+                           seed=args.seed, params=_params(args.param), methods=args.methods,
+                           inject_flips=args.inject_flips)
         print(f"job {job['id']} queued", file=sys.stderr)
         job = c.wait(job["id"], progress=True)
         for kind in ("subset", "values", "mislabels", "curves"):

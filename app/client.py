@@ -89,9 +89,19 @@ class HostcpClient:
     # --- jobs ---
     def submit_job(self, train_dataset_id: str, test_dataset_id: str, *, method: str = "hostcp",
                    fraction: float = 0.2, seed: int = 0, params: dict | None = None,
+                   methods: list[str] | None = None, inject_flips: float | None = None,
                    idempotency_key: str | None = None) -> dict:
+        """Queue a job. ``methods`` (with ``method="compare"``, the default when given) runs
+        several methods on the same splits; ``inject_flips`` flips that share of the training
+        labels first (comparison jobs)."""
+        if methods is not None and method == "hostcp":
+            method = "compare"
         body = {"train_dataset_id": train_dataset_id, "test_dataset_id": test_dataset_id,
                 "method": method, "fraction": fraction, "seed": seed, "params": params or {}}
+        if methods is not None:
+            body["methods"] = list(methods)
+        if inject_flips is not None:
+            body["inject_flips"] = inject_flips
         # a retried submit (e.g. after a timeout) must not start a second job
         key = idempotency_key or str(uuid.uuid4())
         return self._request("POST", "/v1/jobs", json=body,

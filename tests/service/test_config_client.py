@@ -80,3 +80,17 @@ def test_client_upload_submit_wait_results(client, api_key_headers, csv_pair):
         with pytest.raises(ApiError) as err:
             c.get_job("no-such-job")
         assert err.value.status == 404 and err.value.problem["type"].endswith("/not-found")
+
+
+def test_client_submits_a_comparison(client, api_key_headers, csv_pair):
+    token = api_key_headers["Authorization"].split()[1]
+    with HostcpClient("http://testserver", api_key=token, transport=client._transport) as c:
+        train = c.upload_dataset(csv_pair[0], id_column="row_id")
+        test = c.upload_dataset(csv_pair[1], id_column="row_id")
+        job = c.submit_job(train["id"], test["id"], methods=["knn_shapley", "random"],
+                           inject_flips=0.1, fraction=0.1)
+        assert job["method"] == "compare" and job["methods"] == ["knn_shapley", "random"]
+        assert job["inject_flips"] == 0.1
+        with pytest.raises(ApiError) as err:  # one method is no comparison
+            c.submit_job(train["id"], test["id"], methods=["random"])
+        assert err.value.status == 422
