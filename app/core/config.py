@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     storage_dir: Path | None = None  # None: data_dir / "storage"
     broker_url: str | None = None  # None: embedded in-process runner instead of Celery
     auth: Literal["enabled", "disabled"] = "enabled"
+    auth_cache_s: float = 5.0  # a key found in the table is trusted this long per process; 0: off
     secret_key: str = PLACEHOLDER_SECRET  # signs page tokens
     auto_migrate: bool | None = None  # None: only for SQLite (the embedded default)
 
@@ -36,6 +37,7 @@ class Settings(BaseSettings):
     page_size_default: int = 50
     page_size_max: int = 1000
     idempotency_ttl_s: int = 24 * 3600
+    api_workers: int = 1  # `hostcp serve` processes (--workers overrides)
 
     # Job execution
     embedded_runner: bool = True  # start the spawned runner with the API when there is no broker

@@ -43,16 +43,26 @@ def create_api_key(session: Session, *, name: str) -> tuple[ApiKey, str]:
     return key, token
 
 
-def authenticate(session: Session, *, token: str) -> ApiKey | None:
+def key_prefix(token: str) -> str | None:
+    """The public part of a token that finds its row; None for a malformed token."""
     parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != KEY_PREFIX:
-        return None
-    key = session.scalar(select(ApiKey).where(ApiKey.prefix == parts[1]))
+    return parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX else None
+
+
+def token_matches(key_hash: str, token: str) -> bool:
     # compare_digest: the hash comparison takes the same time whatever the mismatch
+    return hmac.compare_digest(key_hash, _hash_key(token))
+
+
+def authenticate(session: Session, *, token: str) -> ApiKey | None:
+    prefix = key_prefix(token)
+    if prefix is None:
+        return None
+    key = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
     if key is None or key.revoked_at is not None:
         _hash_key(token)  # same work on the miss path
         return None
-    return key if hmac.compare_digest(key.key_hash, _hash_key(token)) else None
+    return key if token_matches(key.key_hash, token) else None
 
 
 def local_principal(session: Session) -> ApiKey:
