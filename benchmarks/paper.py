@@ -167,6 +167,19 @@ def save_tables(tables: dict[str, pd.DataFrame], out: Path) -> None:
         df.to_csv(out / f"{name}.csv", index=False)
 
 
+def merge_tables(new: dict[str, pd.DataFrame], into: Path) -> dict[str, pd.DataFrame]:
+    """``into``'s tables with every (dataset, seed, method) that ``new`` has replaced by the new
+    rows (re-running one method after a change keeps the others' rows)."""
+    merged = {}
+    old = load_tables(into)
+    key = ["dataset", "seed", "method"]
+    for name, df in new.items():
+        base = old.get(name, pd.DataFrame(columns=df.columns))
+        redone = base.set_index(key).index.isin(df.set_index(key).index)
+        merged[name] = pd.concat([base[~redone], df], ignore_index=True)
+    return merged
+
+
 def load_tables(out: Path) -> dict[str, pd.DataFrame]:
     return {p.stem: pd.read_csv(p) for p in sorted(out.glob("*.csv"))}
 
@@ -526,6 +539,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--report", default=None, help="markdown report path "
                     "(default docs/PAPER_RESULTS.md; with --quick, <out>/PAPER_RESULTS.md)")
     ap.add_argument("--report-only", action="store_true", help="re-render from <out>/*.csv")
+    ap.add_argument("--merge", action="store_true", help="replace only the re-run (dataset, "
+                    "seed, method) rows of the tables already in <out>, keep the rest")
     args = ap.parse_args(argv)
     q = args.quick
     args.datasets = args.datasets or (["synthetic"] if q else ["synthetic", "statlog_dna"])
@@ -560,8 +575,12 @@ def main(argv=None) -> None:
     else:
         t0 = time.perf_counter()
         tables = run(args)
+        if args.merge:
+            tables = merge_tables(tables, out)
         save_tables(tables, out)
-        (out / "command.txt").write_text(_command(argv) + "\n")
+        cmd_file = out / "command.txt"
+        earlier = cmd_file.read_text() if args.merge and cmd_file.is_file() else ""
+        cmd_file.write_text(earlier + _command(argv) + "\n")
         print(f"done in {time.perf_counter() - t0:.0f}s", flush=True)
     plot_all(tables, out)
     # the runs' own commands (several when the CSVs of parallel runs were concatenated)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hostcp_core import Cancelled, make_synthetic, split_test, subset_size
-from hostcp_core.hostcp import HostCP, _stratified_top_k
+from hostcp_core.hostcp import HostCP, _prior_shift, _stratified_top_k
 
 FAST = dict(epochs=3, warmup_epochs=1, batch_size=32, old_set_size=16, hidden=(16,))
 
@@ -114,3 +114,28 @@ def test_stratified_top_k():
     values = np.arange(10.0)
     pick = _stratified_top_k(values, y, 5)
     assert len(pick) == 5 and (y[pick] == 1).sum() == 1 and 9 in pick
+
+
+def test_prior_shift_is_the_bias_optimum():
+    """δ minimises CE(z + δ, y) + l2/2 |δ|²: its gradient vanishes there, and after the shift the
+    predicted class shares match the labels' up to the ridge, even for badly biased logits."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 4, generator=gen, dtype=torch.float64) + torch.tensor([3.0, 0, 0, -2])
+    y = torch.randint(0, 4, (300,), generator=gen)
+    d = _prior_shift(z, y, l2=1e-3).requires_grad_(True)
+    loss = torch.nn.functional.cross_entropy(z + d, y) + 0.5e-3 * (d * d).sum()
+    (g,) = torch.autograd.grad(loss, d)
+    assert g.abs().max() < 1e-8
+    shares = torch.softmax(z + d, 1).mean(0)
+    labels = torch.bincount(y, minlength=4).double() / 300
+    # stationarity: shares − labels = −l2·δ, a small gap where the unshifted one is large
+    assert torch.allclose(shares - labels, -1e-3 * d, atol=1e-8)
+    unshifted = torch.softmax(z, 1).mean(0)
+    assert (shares - labels).abs().max() < 0.005 < (unshifted - labels).abs().max()
+
+
+def test_recalibrated_and_whole_test_set_lookahead_run(data):
+    train, test = data
+    res = HostCP(0.2, **FAST, recalibrate=True, test_batch_size=10_000).fit(train, test)
+    assert np.isfinite(res.values).all() and len(res.selected) == 30
+    assert res.extra["phi_grad_norm_median"] > 0
