@@ -17,7 +17,9 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("serve", help="run the HTTP API (embedded: SQLite + a runner)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="API processes (server mode)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="API processes (default $HOSTCP_API_WORKERS or 1); in embedded mode "
+                   "they share one runner")
     p.set_defaults(func=cmd_serve)
 
     p = subparsers.add_parser("worker", help="run jobs: a Celery worker when HOSTCP_BROKER_URL "
@@ -112,15 +114,70 @@ def cmd_serve(args) -> int:
     from app.core.config import get_settings
 
     settings = get_settings()
-    if settings.embedded and args.workers > 1:
-        raise SystemExit("--workers > 1 needs server mode (HOSTCP_BROKER_URL); the embedded "
-                         "runner belongs to one API process")
+    workers = args.workers or settings.api_workers
+    if workers < 1:
+        raise SystemExit("--workers / HOSTCP_API_WORKERS must be at least 1")
     print(f"hostcp: {'embedded' if settings.embedded else 'server'} mode, database "
-          f"{_safe_url(settings.db_url)}; docs at http://{args.host}:{args.port}/docs",
-          file=sys.stderr)
-    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers)
+          f"{_safe_url(settings.db_url)}, {workers} API process(es); docs at "
+          f"http://{args.host}:{args.port}/docs", file=sys.stderr)
+    if workers == 1:
+        uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port)
+        return 0
+    runner = _prepare_workers(settings)
+    try:
+        uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
+                    workers=workers)
+    finally:
+        if runner is not None:
+            runner.stop()
     return 0
+
+
+def _prepare_workers(settings):
+    """Before several API processes start (spawned by uvicorn, each reading the environment):
+
+    - migrate once here, so that the processes do not race to create the SQLite schema;
+    - metrics: prometheus_client's multiprocess mode, in a directory wiped at each start;
+    - embedded mode: ONE runner for all of them, started and supervised here (restarted if it
+      dies). The API processes get HOSTCP_EMBEDDED_RUNNER=false, so their /readyz checks the
+      database only; a submit no longer wakes the runner, which finds the job at its next poll
+      (HOSTCP_RUNNER_POLL_S). SQLite is in WAL mode with a busy timeout (app/db/session.py),
+      so readers in several processes do not block one another and writers wait their turn.
+    """
+    import os
+    import shutil
+    import threading
+
+    from app.db.migrate import ensure_schema
+
+    ensure_schema(settings)
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or str(
+        settings.data_dir / "prometheus")
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    if not (settings.embedded and settings.embedded_runner):
+        return None
+    from worker.runner import InProcessRunner
+
+    os.environ["HOSTCP_EMBEDDED_RUNNER"] = "false"
+    runner = InProcessRunner(settings).start()
+    stopping = threading.Event()
+
+    def supervise() -> None:
+        while not stopping.wait(2.0):
+            if runner._proc is not None and not runner.is_alive():
+                print("hostcp: the embedded runner died; starting a new one", file=sys.stderr)
+                runner.start()  # a job it held is picked up again when its lease expires
+
+    threading.Thread(target=supervise, name="hostcp-runner-supervisor", daemon=True).start()
+
+    class Supervised:
+        def stop(self) -> None:
+            stopping.set()
+            runner.stop()
+
+    return Supervised()
 
 
 def cmd_worker(args) -> int:

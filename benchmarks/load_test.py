@@ -1,12 +1,18 @@
-"""Bounded load test of the HTTP API on loopback: a real uvicorn server in its own process, and
-this process sending status polls and result downloads at a fixed rate (open loop: requests go
-out on schedule whether or not earlier ones have returned, so a slow server shows up as latency,
-not as a lower rate). Reports p50/p99/max latency, the achieved rate and the errors.
+"""Bounded load test of the HTTP API on loopback: a real uvicorn server in its own process(es),
+and this process sending status polls and result downloads at a fixed rate (open loop: requests
+go out on schedule whether or not earlier ones have returned, so a slow server shows up as
+latency, not as a lower rate). Reports p50/p99/max latency, the achieved rate, the errors, and
+the CPU the server's processes spent per request (less sensitive than latency to other work on
+a shared machine).
 
     OMP_NUM_THREADS=1 python benchmarks/load_test.py --rate 200 --duration 60            # SQLite
     OMP_NUM_THREADS=1 python benchmarks/load_test.py --rate 200 --duration 60 --postgres
+    # several configurations, one after the other, figures side by side:
+    OMP_NUM_THREADS=1 python benchmarks/load_test.py --rate 200 --duration 60 \
+        --compare sqlite:1 sqlite:2 postgres:1 postgres:2
 
-``--postgres`` uses a fresh database on HOSTCP_TEST_POSTGRES_URL's server (default
+A configuration is ``DATABASE:WORKERS`` (``hostcp serve --workers``). ``postgres`` uses a fresh
+database on HOSTCP_TEST_POSTGRES_URL's server (default
 postgresql+psycopg://postgres@127.0.0.1:5432/test), dropped afterwards.
 """
 
@@ -44,9 +50,11 @@ def free_port() -> int:
 class ApiServer:
     """``hostcp serve`` in a subprocess on 127.0.0.1 (its own process group)."""
 
-    def __init__(self, data_dir: Path, database_url: str | None = None) -> None:
+    def __init__(self, data_dir: Path, database_url: str | None = None,
+                 workers: int = 1) -> None:
         self.data_dir = data_dir
         self.database_url = database_url
+        self.workers = workers
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -60,6 +68,7 @@ class ApiServer:
                "HOSTCP_CURVE_FRACTIONS": "[0.25, 0.5, 1.0]", "HOSTCP_RUNNER_POLL_S": "0.2",
                "OMP_NUM_THREADS": "1"}
         env.pop("HOSTCP_BROKER_URL", None)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # `serve --workers N` sets its own
         if self.database_url:
             env["HOSTCP_DATABASE_URL"] = self.database_url
         else:
@@ -78,8 +87,8 @@ class ApiServer:
         self.log = open(self.data_dir / "api.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port",
-             str(self.port)], cwd=ROOT, env=self.env(), stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
+             str(self.port), "--workers", str(self.workers)], cwd=ROOT, env=self.env(),
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -102,6 +111,42 @@ class ApiServer:
                 self.proc.wait(5)
         if getattr(self, "log", None):
             self.log.close()
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants (Linux
+    /proc; 0 elsewhere). The API processes and the embedded runner are all in the tree."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0.0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or no /proc
+    return total
+
+
+def requests_by_pid(metrics_dir: Path) -> dict[str, float]:
+    """With several API processes (prometheus_client multiprocess files, one per process):
+    the HTTP requests each process counted, by pid."""
+    import json as _json
+
+    from prometheus_client.mmap_dict import MmapedDict
+
+    out: dict[str, float] = {}
+    for path in Path(metrics_dir).glob("counter_*.db"):
+        pid = path.stem.split("_", 1)[1]
+        for key, value, *_ in MmapedDict.read_all_values_from_file(str(path)):
+            if _json.loads(key)[1] == "hostcp_http_requests_total":  # (metric, sample, ...)
+                out[pid] = out.get(pid, 0.0) + value
+    return out
 
 
 def create_key(settings) -> str:
@@ -189,9 +234,10 @@ def run_load(base_url: str, token: str, job_id: str, *, rate: float, duration: f
             "p99_ms_by_kind": by_kind}
 
 
-def load_test(*, rate: float, duration: float, postgres: bool = False,
+def load_test(*, rate: float, duration: float, postgres: bool = False, workers: int = 1,
               data_dir: Path | None = None, threads: int = 16) -> dict:
-    """Start a server (SQLite or a fresh Postgres database), finish one job, run the load."""
+    """Start a server (SQLite or a fresh Postgres database; ``workers`` API processes), finish
+    one job, run the load."""
     from sqlalchemy import create_engine, text
 
     tmp = None
@@ -205,7 +251,7 @@ def load_test(*, rate: float, duration: float, postgres: bool = False,
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
         db_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    server = ApiServer(data_dir, db_url)
+    server = ApiServer(data_dir, db_url, workers=workers)
     try:
         if postgres:
             from app.db.migrate import upgrade
@@ -214,8 +260,20 @@ def load_test(*, rate: float, duration: float, postgres: bool = False,
         server.start()
         token = create_key(server.settings())
         job_id = finished_job(server.url, token)
+        # warm-up, not counted: each API process imports what its first CSV or page needs
+        run_load(server.url, token, job_id, rate=min(rate, 50.0), duration=1.0,
+                 threads=threads)
+        load_before = os.getloadavg()[0]
+        cpu0, client0 = tree_cpu_s(server.proc.pid), time.process_time()
         out = run_load(server.url, token, job_id, rate=rate, duration=duration, threads=threads)
+        cpu1, client1 = tree_cpu_s(server.proc.pid), time.process_time()
         out["database"] = "postgres" if postgres else "sqlite"
+        out["workers"] = workers
+        out["server_cpu_ms_per_request"] = round(1e3 * (cpu1 - cpu0) / out["requests"], 2)
+        out["client_cpu_ms_per_request"] = round(1e3 * (client1 - client0) / out["requests"], 2)
+        out["loadavg_1m"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        if workers > 1:  # `serve --workers` keeps its metrics under the data directory
+            out["requests_by_pid"] = requests_by_pid(data_dir / "prometheus")
         out["server_alive"] = server.proc.poll() is None
         return out
     finally:
@@ -232,16 +290,67 @@ def load_test(*, rate: float, duration: float, postgres: bool = False,
             tmp.cleanup()
 
 
+def parse_config(spec: str) -> tuple[bool, int]:
+    """``sqlite:2`` -> (postgres=False, workers=2); the worker count defaults to 1."""
+    database, _, workers = spec.partition(":")
+    if database not in ("sqlite", "postgres"):
+        raise ValueError(f"{spec!r}: the database is sqlite or postgres")
+    return database == "postgres", int(workers or 1)
+
+
+def compare(configs: list[str], *, rate: float, duration: float, threads: int = 16,
+            pause_s: float = 5.0) -> list[dict]:
+    """Run the same load against each configuration in turn (a pause between runs lets the
+    previous server's processes go)."""
+    results = []
+    for i, spec in enumerate(configs):
+        if i:
+            time.sleep(pause_s)
+        postgres, workers = parse_config(spec)
+        out = load_test(rate=rate, duration=duration, postgres=postgres, workers=workers,
+                        threads=threads)
+        out["config"] = spec
+        results.append(out)
+        print(f"{spec}: {json.dumps(out)}", file=sys.stderr, flush=True)
+    return results
+
+
+COLUMNS = (("config", "config"), ("target/s", "target_rate"), ("achieved/s", "achieved_rate"),
+           ("errors", "errors"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
+           ("max ms", "max_ms"), ("server CPU ms/req", "server_cpu_ms_per_request"),
+           ("load 1m before/after", "loadavg_1m"))
+
+
+def table(results: list[dict]) -> str:
+    """The figures side by side, one row per configuration (Markdown)."""
+    rows = [[h for h, _ in COLUMNS], ["---"] * len(COLUMNS)]
+    for r in results:
+        rows.append([("/".join(map(str, r[k])) if isinstance(r[k], list) else str(r[k]))
+                     for _, k in COLUMNS])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=200.0, help="requests per second")
     ap.add_argument("--duration", type=float, default=60.0, help="seconds (bounded)")
     ap.add_argument("--threads", type=int, default=16)
     ap.add_argument("--postgres", action="store_true")
+    ap.add_argument("--workers", type=int, default=1, help="API processes")
+    ap.add_argument("--compare", nargs="+", metavar="DATABASE:WORKERS",
+                    help="run each configuration in turn, e.g. sqlite:1 sqlite:2 postgres:2; "
+                    "prints a table")
     args = ap.parse_args()
     duration = min(args.duration, 600.0)
+    if args.compare:
+        for spec in args.compare:
+            parse_config(spec)  # refuse a typo before the first run
+        results = compare(args.compare, rate=args.rate, duration=duration, threads=args.threads)
+        print(json.dumps(results, indent=2))
+        print(table(results))
+        return
     print(json.dumps(load_test(rate=args.rate, duration=duration, postgres=args.postgres,
-                               threads=args.threads), indent=2))
+                               workers=args.workers, threads=args.threads), indent=2))
 
 
 if __name__ == "__main__":
