@@ -6,18 +6,16 @@ SIGKILLed mid-job, and a database outage while the API serves. /readyz reports e
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 from reliability_helpers import job_row, make_key, n_points, slow_job_body, until
 from server_helpers import (
     ADMIN_URL,
-    REDIS_URL,
     CeleryWorker,
     create_database,
     drop_database,
-    require_redis,
     restart_redis,
+    server_mode,
 )
 from service_helpers import FAST_METHOD, assert_problem, service_settings, upload
 from sqlalchemy import create_engine, text
@@ -31,24 +29,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
 @pytest.fixture
 def server(tmp_path):
-    require_redis()
-    url = create_database()
-    tag = uuid.uuid4().hex[:8]
-    # short lease and reaper periods, so that lost work is found within seconds
-    s = service_settings(tmp_path / "data", database_url=url, broker_url=REDIS_URL,
-                         queue_cpu=f"cpu-{tag}", queue_gpu=f"gpu-{tag}", lease_s=2.0,
-                         reaper_interval_s=0.5, requeue_after_s=2.0)
-    upgrade(s)
-    configure(s)
-    workers: list[CeleryWorker] = []
-    try:
+    with server_mode(tmp_path) as (s, workers):
         yield s, workers
-    finally:
-        for w in workers:
-            w.stop()
-        configure(None)
-        dispose_engines()
-        drop_database(url)
 
 
 def _timed(fn):
