@@ -149,6 +149,17 @@ def requests_by_pid(metrics_dir: Path) -> dict[str, float]:
     return out
 
 
+def backends_cpu_s(admin, database: str) -> float:
+    """CPU seconds used so far by the Postgres backends now connected to ``database`` (their
+    processes are on this machine; backends that closed meanwhile are not counted)."""
+    from sqlalchemy import text
+
+    with admin.connect() as conn:
+        pids = conn.execute(text("SELECT pid FROM pg_stat_activity WHERE datname = :d"),
+                            {"d": database}).scalars().all()
+    return sum(tree_cpu_s(pid) for pid in pids)
+
+
 def create_key(settings) -> str:
     from app.db import repo
     from app.db.session import session_scope
@@ -264,9 +275,14 @@ def load_test(*, rate: float, duration: float, postgres: bool = False, workers: 
         run_load(server.url, token, job_id, rate=min(rate, 50.0), duration=1.0,
                  threads=threads)
         load_before = os.getloadavg()[0]
+        db_name = db_url.rsplit("/", 1)[1] if postgres else None
+        db0 = backends_cpu_s(admin, db_name) if postgres else 0.0
         cpu0, client0 = tree_cpu_s(server.proc.pid), time.process_time()
         out = run_load(server.url, token, job_id, rate=rate, duration=duration, threads=threads)
         cpu1, client1 = tree_cpu_s(server.proc.pid), time.process_time()
+        if postgres:
+            out["postgres_cpu_ms_per_request"] = round(
+                1e3 * (backends_cpu_s(admin, db_name) - db0) / out["requests"], 2)
         out["database"] = "postgres" if postgres else "sqlite"
         out["workers"] = workers
         out["server_cpu_ms_per_request"] = round(1e3 * (cpu1 - cpu0) / out["requests"], 2)
@@ -318,6 +334,7 @@ def compare(configs: list[str], *, rate: float, duration: float, threads: int = 
 COLUMNS = (("config", "config"), ("target/s", "target_rate"), ("achieved/s", "achieved_rate"),
            ("errors", "errors"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
            ("max ms", "max_ms"), ("server CPU ms/req", "server_cpu_ms_per_request"),
+           ("Postgres CPU ms/req", "postgres_cpu_ms_per_request"),
            ("load 1m before/after", "loadavg_1m"))
 
 
@@ -325,8 +342,8 @@ def table(results: list[dict]) -> str:
     """The figures side by side, one row per configuration (Markdown)."""
     rows = [[h for h, _ in COLUMNS], ["---"] * len(COLUMNS)]
     for r in results:
-        rows.append([("/".join(map(str, r[k])) if isinstance(r[k], list) else str(r[k]))
-                     for _, k in COLUMNS])
+        cells = [r.get(k, "-") for _, k in COLUMNS]
+        rows.append(["/".join(map(str, c)) if isinstance(c, list) else str(c) for c in cells])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 

@@ -35,3 +35,9 @@ def test_load_smoke(tmp_path, postgres, workers):
     if workers > 1:  # both API processes answered requests
         counts = [n for n in out["requests_by_pid"].values() if n > 0]
         assert len(counts) == workers, out["requests_by_pid"]
+    if not postgres:  # several processes on one SQLite file: write-ahead log, not rollback
+        import sqlite3
+        from contextlib import closing
+
+        with closing(sqlite3.connect(tmp_path / "hostcp.db")) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
