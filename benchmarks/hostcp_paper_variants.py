@@ -8,6 +8,7 @@ flips found at 20% inspected, flip ROC-AUC of the ranking, fix-and-retrain at 20
     python benchmarks/hostcp_paper_variants.py --variant default='{}' \
         --variant full_test='{"test_batch_size": 100000}' --datasets synthetic adult
     python benchmarks/hostcp_paper_variants.py --summarise   # table vs results/paper baselines
+    python benchmarks/hostcp_paper_variants.py --paired      # each variant minus "default"
 
 Rows are appended to ``--out`` (a CSV), one per (variant, dataset, seed), so runs can be split
 over processes and resumed.
@@ -113,6 +114,21 @@ def summarise(out: Path, paper_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def paired(out: Path, base: str = "default") -> str:
+    """Each variant minus ``base`` on the same (dataset, seed): mean and standard error over
+    all pairs, then the mean per dataset."""
+    runs = pd.read_csv(out).set_index(["dataset", "seed"])
+    ref = runs[runs["variant"] == base][list(METRICS)]
+    lines = [f"| variant − {base} (pairs) | " + " | ".join(METRICS) + " |",
+             "|---" * (len(METRICS) + 1) + "|"]
+    for name in [v for v in dict.fromkeys(runs["variant"]) if v != base]:
+        diff = (runs[runs["variant"] == name][list(METRICS)] - ref).dropna()
+        se = diff.std(ddof=1) / np.sqrt(len(diff))
+        cells = [f"{diff[m].mean():+.3f} ({se[m]:.3f})" for m in METRICS]
+        lines.append(f"| {name} ({len(diff)}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     import torch
 
@@ -127,10 +143,11 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "exploration" / "paper_variants.csv"))
     ap.add_argument("--paper-dir", default=str(ROOT / "results" / "paper"))
     ap.add_argument("--summarise", action="store_true")
+    ap.add_argument("--paired", action="store_true", help="each variant minus 'default'")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    if args.summarise:
-        print(summarise(out, Path(args.paper_dir)))
+    if args.summarise or args.paired:
+        print(summarise(out, Path(args.paper_dir)) if args.summarise else paired(out))
         return
     torch.set_num_threads(1)
     out.parent.mkdir(parents=True, exist_ok=True)
