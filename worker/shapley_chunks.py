@@ -203,9 +203,10 @@ def compute_unit(valuer, utility, mean_score: float, store: ChunkStore, u: Unit,
     t = time.perf_counter()
     marginals = valuer._chunk(utility, mean_score, u.chunk, u.size, valuer.seed, beat,
                               start=u.start)
-    store.save(u, marginals, create=create)
+    # logged before it is saved: a part in the store always has its line in some log
     log.info("%s: chunk %d [%d:%d] computed in %.2f s by pid %d", store.label, u.chunk,
              u.start, u.start + u.size, time.perf_counter() - t, os.getpid())
+    store.save(u, marginals, create=create)
     return marginals
 
 
