@@ -8,7 +8,7 @@ flips found at 20% inspected, flip ROC-AUC of the ranking, fix-and-retrain at 20
     python benchmarks/hostcp_paper_variants.py --variant default='{}' \
         --variant full_test='{"test_batch_size": 100000}' --datasets synthetic adult
     python benchmarks/hostcp_paper_variants.py --summarise   # table vs results/paper baselines
-    python benchmarks/hostcp_paper_variants.py --paired      # each variant minus "default"
+    python benchmarks/hostcp_paper_variants.py --paired      # each variant minus --base
 
 Rows are appended to ``--out`` (a CSV), one per (variant, dataset, seed), so runs can be split
 over processes and resumed.
@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.paper import rank_values, ranking_of  # noqa: E402
 from hostcp_core import flip_labels, get_valuer, split_test  # noqa: E402
 from hostcp_core.datasets import load_paper_dataset  # noqa: E402
 from hostcp_core.evaluation import (  # noqa: E402
@@ -37,6 +36,8 @@ from hostcp_core.evaluation import (  # noqa: E402
     fix_and_retrain_curve,
     flip_detection_scores,
     flips_found_curve,
+    paper_ranking,
+    rank_values,
     removal_curve,
 )
 
@@ -54,7 +55,7 @@ def evaluate(dataset: str, seed: int, params: dict, n_train: int, n_test: int,
     noisy, flipped = flip_labels(train, 0.1, seed=seed)
     kw = {"fraction": 0.2, "seed": seed, **params}
     t0 = time.perf_counter()
-    order = ranking_of(get_valuer("hostcp", **kw).fit(train, valuation))
+    order = paper_ranking(get_valuer("hostcp", **kw).fit(train, valuation))
     seconds = time.perf_counter() - t0
     row: dict = {}
     add = addition_curve(train, holdout, order, ADD, seed=1000 + seed, epochs=epochs)
@@ -63,7 +64,7 @@ def evaluate(dataset: str, seed: int, params: dict, n_train: int, n_test: int,
         row[f"add@{round(100 * f)}"] = a
     for f, a in zip(REMOVE, rem["accuracy"], strict=True):
         row[f"rem@{round(100 * f)}"] = a
-    rv = rank_values(ranking_of(get_valuer("hostcp", **kw).fit(noisy, valuation)))
+    rv = rank_values(paper_ranking(get_valuer("hostcp", **kw).fit(noisy, valuation)))
     row["flips@20"] = float(flips_found_curve(rv, flipped, INSPECT)["found"].iloc[0])
     row["auc"] = flip_detection_scores(rv, flipped)["roc_auc"]
     fx = fix_and_retrain_curve(noisy, train.y, holdout, rv, FIX, seed=1000 + seed, epochs=epochs)
@@ -143,11 +144,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "exploration" / "paper_variants.csv"))
     ap.add_argument("--paper-dir", default=str(ROOT / "results" / "paper"))
     ap.add_argument("--summarise", action="store_true")
-    ap.add_argument("--paired", action="store_true", help="each variant minus 'default'")
+    ap.add_argument("--paired", action="store_true", help="each variant minus --base")
+    ap.add_argument("--base", default="default", help="the variant --paired subtracts")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.summarise or args.paired:
-        print(summarise(out, Path(args.paper_dir)) if args.summarise else paired(out))
+        print(summarise(out, Path(args.paper_dir)) if args.summarise
+              else paired(out, args.base))
         return
     torch.set_num_threads(1)
     out.parent.mkdir(parents=True, exist_ok=True)

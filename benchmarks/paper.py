@@ -47,6 +47,8 @@ from hostcp_core.evaluation import (  # noqa: E402
     flip_detection_scores,
     flips_found_curve,
     ndcg_at_k,
+    paper_ranking,
+    rank_values,
     removal_curve,
 )
 
@@ -78,22 +80,6 @@ PAPER_TABLE1 = {
 }
 
 
-# ---------------------------------------------------------------- ranking helpers
-
-def ranking_of(result) -> np.ndarray:
-    """Most valuable first: selected points (by value), then the rest (by value)."""
-    values = np.asarray(result.values, dtype=np.float64)
-    return np.lexsort((-values, ~result.selected_mask))
-
-
-def rank_values(order: np.ndarray) -> np.ndarray:
-    """Scores that reproduce ``order`` exactly (n for the first, 1 for the last), so the
-    lowest-first evaluations see the same ranking as the curves."""
-    v = np.empty(order.size)
-    v[order] = np.arange(order.size, 0, -1)
-    return v
-
-
 # ---------------------------------------------------------------- the experiment
 
 def run(args) -> dict[str, pd.DataFrame]:
@@ -116,7 +102,7 @@ def run(args) -> dict[str, pd.DataFrame]:
                 t0 = time.perf_counter()
                 res = get_valuer(method, **params).fit(train, valuation)
                 secs_clean = time.perf_counter() - t0
-                order = ranking_of(res)
+                order = paper_ranking(res)
                 for kind, fn, fr in (("addition", addition_curve, args.add_fractions),
                                      ("removal", removal_curve, args.remove_fractions)):
                     df = fn(train, holdout, order, fr, seed=1000 + seed, **curve_kw)
@@ -131,7 +117,7 @@ def run(args) -> dict[str, pd.DataFrame]:
                 t0 = time.perf_counter()
                 res_n = get_valuer(method, **params).fit(noisy, valuation)
                 secs_noisy = time.perf_counter() - t0
-                rv = rank_values(ranking_of(res_n))
+                rv = rank_values(paper_ranking(res_n))
                 ff = flips_found_curve(rv, flipped, args.inspect_fractions)
                 tables["flips"] += [{**key, "method": method, **r} for r in ff.to_dict("records")]
                 fx = fix_and_retrain_curve(noisy, train.y, holdout, rv, args.fix_fractions,

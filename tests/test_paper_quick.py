@@ -57,12 +57,12 @@ def test_quick_run_writes_sane_outputs(tmp_path):
 
 
 def test_ranking_puts_the_selected_subset_first():
-    paper = _paper_module()
     from hostcp_core import ValuationResult
+    from hostcp_core.evaluation import paper_ranking, rank_values
 
     res = ValuationResult(values=np.array([5.0, 1.0, 3.0, 4.0, 2.0]), selected=np.array([1, 2]),
                           method="x")
-    order = paper.ranking_of(res)
+    order = paper_ranking(res)
     assert order.tolist() == [2, 1, 0, 3, 4]
-    rv = paper.rank_values(order)
+    rv = rank_values(order)
     assert np.argsort(-rv, kind="stable").tolist() == order.tolist()

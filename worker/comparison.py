@@ -32,22 +32,6 @@ FIT_SHARE = 0.5
 SPAN = (0.02, 0.8)
 
 
-def paper_ranking(result) -> np.ndarray:
-    """Most valuable first: the selected points (by value), then the rest (by value), as in
-    ``benchmarks/paper.py``. For methods that select their top values this is their value
-    order; HOST-CP's subset (stratified by class) comes first, as the paper evaluates it."""
-    values = np.asarray(result.values, dtype=np.float64)
-    return np.lexsort((-values, ~result.selected_mask))
-
-
-def rank_values(order: np.ndarray) -> np.ndarray:
-    """Scores that reproduce ``order`` exactly (n for the first, 1 for the last), so the
-    lowest-first evaluations see the same ranking as the curves."""
-    v = np.empty(order.size)
-    v[order] = np.arange(order.size, 0, -1)
-    return v
-
-
 class _MethodProgress:
     """A hostcp_core progress callback for one method's slice of the job's progress; its stage
     names the method (``"knn_shapley 1/3:valuing"``). Raises at the next event once a cancel
@@ -96,6 +80,8 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         flips_found_curve,
         mislabel_report,
         ndcg_at_k,
+        paper_ranking,
+        rank_values,
         removal_curve,
     )
     from worker.run_job import _jsonable

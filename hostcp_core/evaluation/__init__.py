@@ -14,7 +14,12 @@ from hostcp_core.evaluation.detection import (
     two_means_split,
 )
 from hostcp_core.evaluation.mislabels import REPORT_COLUMNS, mislabel_report, out_of_fold_proba
-from hostcp_core.evaluation.ranking import class_distribution, ndcg_at_k
+from hostcp_core.evaluation.ranking import (
+    class_distribution,
+    ndcg_at_k,
+    paper_ranking,
+    rank_values,
+)
 
 __all__ = [
     "DEFAULT_FRACTIONS",
@@ -27,6 +32,8 @@ __all__ = [
     "mislabel_report",
     "ndcg_at_k",
     "out_of_fold_proba",
+    "paper_ranking",
+    "rank_values",
     "random_order",
     "removal_curve",
     "subset_accuracy",

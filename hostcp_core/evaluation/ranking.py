@@ -1,10 +1,28 @@
-"""Ranking quality of values: NDCG@k against the flip ground truth, class diversity of the top."""
+"""Rankings of values: the paper's ranking of a result (subset first), NDCG@k against the flip
+ground truth, class diversity of the top."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from hostcp_core.evaluation._common import as_values, flip_mask, highest_first, n_of
+
+
+def paper_ranking(result) -> np.ndarray:
+    """Most valuable first: a result's selected points (by value), then the rest (by value).
+    For methods that select their top values this is their value order; HOST-CP's subset
+    (stratified by class) comes first, as the paper evaluates it (its "reverse selection" for
+    the bottom)."""
+    values = np.asarray(result.values, dtype=np.float64)
+    return np.lexsort((-values, ~result.selected_mask))
+
+
+def rank_values(order: np.ndarray) -> np.ndarray:
+    """Scores that reproduce ``order`` exactly (n for the first, 1 for the last), so the
+    lowest-first evaluations (flips found, NDCG, AUC) see the same ranking as the curves."""
+    v = np.empty(order.size)
+    v[order] = np.arange(order.size, 0, -1)
+    return v
 
 
 def ndcg_at_k(values, flipped_idx, k: int | None = None) -> float:
