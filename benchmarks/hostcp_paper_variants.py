@@ -115,11 +115,16 @@ def summarise(out: Path, paper_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def paired(out: Path, base: str = "default") -> str:
+def paired(out: Path, base: str = "default", paper_dir: Path | None = None) -> str:
     """Each variant minus ``base`` on the same (dataset, seed): mean and standard error over
-    all pairs, then the mean per dataset."""
+    the pairs. ``base="paper"``: HOST-CP's rows of the paper run in ``paper_dir`` (the same
+    computation as a variant without overrides under the defaults of that run)."""
     runs = pd.read_csv(out).set_index(["dataset", "seed"])
-    ref = runs[runs["variant"] == base][list(METRICS)]
+    if base == "paper":
+        ref = baselines(paper_dir).query("method == 'hostcp'").set_index(["dataset", "seed"])
+        ref = ref[list(METRICS)]
+    else:
+        ref = runs[runs["variant"] == base][list(METRICS)]
     lines = [f"| variant − {base} (pairs) | " + " | ".join(METRICS) + " |",
              "|---" * (len(METRICS) + 1) + "|"]
     for name in [v for v in dict.fromkeys(runs["variant"]) if v != base]:
@@ -145,12 +150,13 @@ def main(argv=None) -> None:
     ap.add_argument("--paper-dir", default=str(ROOT / "results" / "paper"))
     ap.add_argument("--summarise", action="store_true")
     ap.add_argument("--paired", action="store_true", help="each variant minus --base")
-    ap.add_argument("--base", default="default", help="the variant --paired subtracts")
+    ap.add_argument("--base", default="default", help="the variant --paired subtracts "
+                    "('paper': HOST-CP's rows in --paper-dir)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.summarise or args.paired:
         print(summarise(out, Path(args.paper_dir)) if args.summarise
-              else paired(out, args.base))
+              else paired(out, args.base, Path(args.paper_dir)))
         return
     torch.set_num_threads(1)
     out.parent.mkdir(parents=True, exist_ok=True)
