@@ -125,8 +125,9 @@ def cmd_serve(args) -> int:
         return 0
     runner = _prepare_workers(settings)
     try:
-        uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
-                    workers=workers)
+        from app.serving import run_processes
+
+        run_processes(workers, args.host, args.port)
     finally:
         if runner is not None:
             runner.stop()
