@@ -164,19 +164,23 @@ def _prepare_workers(settings):
     os.environ["HOSTCP_EMBEDDED_RUNNER"] = "false"
     runner = InProcessRunner(settings).start()
     stopping = threading.Event()
+    lock = threading.Lock()  # a restart never races the final stop
 
     def supervise() -> None:
         while not stopping.wait(2.0):
-            if runner._proc is not None and not runner.is_alive():
-                print("hostcp: the embedded runner died; starting a new one", file=sys.stderr)
-                runner.start()  # a job it held is picked up again when its lease expires
+            with lock:
+                if not stopping.is_set() and not runner.is_alive():
+                    print("hostcp: the embedded runner died; starting a new one",
+                          file=sys.stderr)
+                    runner.start()  # a job it held is picked up again once its lease expires
 
     threading.Thread(target=supervise, name="hostcp-runner-supervisor", daemon=True).start()
 
     class Supervised:
         def stop(self) -> None:
             stopping.set()
-            runner.stop()
+            with lock:
+                runner.stop()
 
     return Supervised()
 
