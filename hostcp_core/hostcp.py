@@ -77,7 +77,8 @@ class HostCP(Valuer):
     test_batch_size: test points in the look-ahead loss V per step (the whole test set when it
         has no more; else a random sample). Sampling noise in V is noise in every point's value:
         1024 (the whole 500-point valuation set of the paper benchmark) gave better flip
-        ranking and removal curves than 256, and better subsets (docs/RESULTS.md).
+        ranking and steeper removal curves than 256, with subsets about as good
+        (docs/RESULTS.md).
     eps: the layer's regulariser, relative to the mean distance.
     old_set_size: k, the number of nearest selected points the layer sees.
     old_search_pool: search the k nearest among at most this many selected points (a random
