@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import signal
 import subprocess
 import sys
@@ -104,12 +106,34 @@ class Workers:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(5)
 
+    def compute_s(self, job_id: str) -> list[float]:
+        """Seconds each worker process spent computing parts of ``job_id`` (its log lines)."""
+        pattern = rf"job {re.escape(job_id)}: chunk \d+ \[\d+:\d+\] computed in ([\d.]+) s"
+        return [round(sum(float(x) for x in re.findall(pattern, p.read_text(errors="replace"))),
+                      2) for p in self.logs]
+
     def chunks_computed(self, job_id: str) -> list[int]:
         """Chunks of ``job_id`` each worker process computed (its own log lines, whether as
         the job's coordinator or as a helper)."""
         line = f"job {job_id}: chunk "
         return [sum(1 for x in p.read_text(errors="replace").splitlines()
                     if line in x and " computed in " in x) for p in self.logs]
+
+
+def _cpu_now() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for
+    children): their difference over a run is what other processes used meanwhile (Postgres
+    and Redis serving the run included), the honest measure of a shared machine's noise."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]  # user nice system irq softirq steal
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
+        resource.RUSAGE_CHILDREN)
+    return (busy / os.sysconf("SC_CLK_TCK"),
+            me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime)
 
 
 def _run_job(settings, owner_id: int, train_id: str, test_id: str, params: dict,
@@ -158,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rounds (each runs every worker count; figures are medians)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    ap.add_argument("--logs", type=Path, default=None,
+                    help="keep the worker logs here (default: a temporary directory)")
     args = ap.parse_args(argv)
 
     from app.core.config import configure
@@ -186,16 +212,26 @@ def main(argv: list[str] | None = None) -> int:
             train_id, test_id = _datasets(settings, owner_id, args.n, seed=0)
             for r in range(args.repeat):
                 for count in args.workers:
-                    with Workers(settings, count, Path(tmp) / f"r{r}") as workers:
+                    log_dir = (args.logs or Path(tmp)) / f"r{r}"
+                    cpu0, t0 = _cpu_now(), time.perf_counter()
+                    with Workers(settings, count, log_dir) as workers:
                         run = _run_job(settings, owner_id, train_id, test_id, params,
                                        args.timeout)
                         time.sleep(1.0)  # let late helper logs land
                         run["parts_by_worker"] = workers.chunks_computed(run["job_id"])
+                        run["compute_s_by_worker"] = workers.compute_s(run["job_id"])
+                    cpu1, span = _cpu_now(), time.perf_counter() - t0
                     run["load_average"] = os.getloadavg()
+                    run["other_cpu_s"] = (None if cpu0 is None or cpu1 is None else
+                                          round((cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1]), 2))
+                    run["span_s"] = round(span, 1)
                     runs[count].append(run)
                     print(f"{count} worker(s): valuation {run['valuation_s']:.2f} s, job "
                           f"{run['wall_s']:.1f} s, chunks {run['extra']['n_chunks']}, parts "
-                          f"computed by each worker process {run['parts_by_worker']}, load "
+                          f"computed by each worker process {run['parts_by_worker']} in "
+                          f"{run['compute_s_by_worker']} s; other processes used "
+                          f"{run['other_cpu_s']} CPU-s of the {span:.0f} s this run took "
+                          f"(workers' start and stop included); load "
                           f"{run['load_average'][0]:.2f}", flush=True)
     finally:
         configure(None)
@@ -219,10 +255,16 @@ def main(argv: list[str] | None = None) -> int:
             "speedup_vs_first": speedup, "wall_speedup_vs_first": median[first][1]
             / median[count][1], "same_values": same,
             "parts_by_worker": [r["parts_by_worker"] for r in rs],
+            "compute_s_by_worker": [r["compute_s_by_worker"] for r in rs],
+            "other_cpu_s": [r["other_cpu_s"] for r in rs], "span_s": [r["span_s"] for r in rs],
+            "speedup_on_own_work": [sum(r["compute_s_by_worker"]) / r["valuation_s"] for r in rs],
             "load_average": [r["load_average"] for r in rs]}
+        own = float(np.median(report["runs"][count]["speedup_on_own_work"]))
         print(f"{count} worker(s): valuation speed-up {speedup:.2f}x over {first} (median of "
               f"{len(rs)}; whole job {median[first][1] / median[count][1]:.2f}x), same values as "
-              f"with {first}: {same}")
+              f"with {first}: {same}; on its own work {own:.2f}x (seconds of part computing "
+              f"summed over the workers / valuation seconds: free of drift in the machine's "
+              f"speed between runs)")
     print(f"load average before {load_before}, after {report['load_average_after']}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
