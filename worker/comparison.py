@@ -81,6 +81,7 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         mislabel_report,
         ndcg_at_k,
         paper_ranking,
+        positions,
         rank_values,
         removal_curve,
     )
@@ -124,8 +125,7 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
                        for step, r in enumerate(frame.itertuples(index=False))]
 
         rv = rank_values(order)
-        rank = np.empty(train.n, dtype=np.int64)
-        rank[order] = np.arange(1, train.n + 1)
+        rank = positions(order)
         selected = result.selected_mask
         points += [{"job_id": job_id, "method": method, "point_index": j,
                     "score": float(result.values[j]), "rank": int(rank[j]),

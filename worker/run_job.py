@@ -251,8 +251,9 @@ def _event(stage: str, step: int, total: int):
 def _point_rows(job_id: str, outcome: _Outcome) -> list[dict]:
     train, result, report = outcome.train, outcome.result, outcome.report
     n = train.n
-    rank = np.empty(n, dtype=np.int64)
-    rank[outcome.order] = np.arange(1, n + 1)
+    from hostcp_core.evaluation import positions
+
+    rank = positions(outcome.order)
     selected = result.selected_mask
     by_index = report.set_index("index")
     given = train.label_names()

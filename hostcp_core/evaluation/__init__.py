@@ -18,6 +18,7 @@ from hostcp_core.evaluation.ranking import (
     class_distribution,
     ndcg_at_k,
     paper_ranking,
+    positions,
     rank_values,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "ndcg_at_k",
     "out_of_fold_proba",
     "paper_ranking",
+    "positions",
     "rank_values",
     "random_order",
     "removal_curve",

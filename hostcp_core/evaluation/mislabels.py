@@ -8,6 +8,7 @@ import pandas as pd
 from hostcp_core.data import Dataset
 from hostcp_core.evaluation._common import as_values, n_of
 from hostcp_core.evaluation.detection import two_means_split
+from hostcp_core.evaluation.ranking import positions
 
 REPORT_COLUMNS = ("index", "id", "given_label", "suggested_label", "score", "rank", "suspected")
 
@@ -84,8 +85,7 @@ def mislabel_report(
         value_rank = (rankdata(v) - 1) / max(n - 1, 1)
     score = value_weight * value_rank + (1.0 - value_weight) * self_conf
     order = np.argsort(score, kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(1, n + 1)
+    rank = positions(order)
     if suspect_fraction is None:
         # constant values cannot be split: let the out-of-fold confidences decide the count
         basis = v if v is not None and np.ptp(v) > 0 else self_conf

@@ -17,6 +17,13 @@ def paper_ranking(result) -> np.ndarray:
     return np.lexsort((-values, ~result.selected_mask))
 
 
+def positions(order: np.ndarray) -> np.ndarray:
+    """Each point's 1-based position in ``order`` (1 = first): the ``rank`` column of results."""
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    return rank
+
+
 def rank_values(order: np.ndarray) -> np.ndarray:
     """Scores that reproduce ``order`` exactly (n for the first, 1 for the last), so the
     lowest-first evaluations (flips found, NDCG, AUC) see the same ranking as the curves."""
