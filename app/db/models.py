@@ -125,6 +125,9 @@ class Job(Base):
     error: Mapped[dict | None] = mapped_column(JSON)  # a problem+json object
     timings: Mapped[dict | None] = mapped_column(JSON)
     summary: Mapped[dict | None] = mapped_column(JSON)
+    # the mislabel report's estimate of how many training labels are wrong (sum of the
+    # calibrated per-point probabilities); a column so that reporting views need no JSON
+    expected_label_errors: Mapped[float | None] = mapped_column(Float)
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -148,6 +151,8 @@ class PointResult(Base):
     selected: Mapped[bool] = mapped_column(Boolean)
     given_label: Mapped[str] = mapped_column(String(255))
     suggested_label: Mapped[str | None] = mapped_column(String(255))
+    suggested_prob: Mapped[float | None] = mapped_column(Float)  # P(suggested label)
+    label_error_prob: Mapped[float | None] = mapped_column(Float)  # P(given label is wrong)
     mislabel_score: Mapped[float | None] = mapped_column(Float)
     mislabel_rank: Mapped[int | None] = mapped_column(Integer)  # 1 = most suspicious
     suspected_mislabel: Mapped[bool] = mapped_column(Boolean, default=False)
