@@ -200,3 +200,15 @@ class IdempotencyRecord(Base):
     response: Mapped[dict | None] = mapped_column(JSON)
     headers: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DashboardGrant(Base):
+    """A database role allowed to read one API key's rows through the reporting views
+    (``app/db/reporting.py``); Postgres only — SQLite has no roles."""
+
+    __tablename__ = "dashboard_grants"
+
+    role_name: Mapped[str] = mapped_column(String(63), primary_key=True)  # NAMEDATALEN - 1
+    key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"),
+                                        primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
