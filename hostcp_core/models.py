@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -53,8 +53,20 @@ def train_classifier(
     sample_weight: np.ndarray | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    patience: int | None = None,
+    min_delta: float = 1e-3,
+    on_progress: Callable[[int, int, float | None], None] | None = None,
+    progress_every: int = 50,
 ) -> MLP:
-    """Train an MLP from scratch with Adam on (X, y); deterministic for a seed on CPU."""
+    """Train an MLP from scratch with Adam on (X, y); deterministic for a seed on CPU.
+
+    Early stopping (``patience`` set): stop once the epoch's mean training loss has not fallen
+    below (1 − ``min_delta``) × the best so far for ``patience`` epochs in a row. ``on_progress``
+    is called as (epoch, batches done in it, mean loss) at each epoch's end and as
+    (epoch, batches, None) every ``progress_every`` batches within it; it may raise (e.g.
+    :class:`hostcp_core.Cancelled`) to stop training. Neither changes the arithmetic: without
+    early stopping the model is the same with or without a callback. The number of epochs run
+    is kept in ``model.epochs_run_``."""
     dev = resolve_device(device)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -66,9 +78,13 @@ def train_classifier(
     model.set_standardisation(Xt)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     n = Xt.shape[0]
-    for _ in range(epochs):
+    best, stale, run = float("inf"), 0, 0
+    track = patience is not None or on_progress is not None
+    for epoch in range(epochs):
         perm = torch.randperm(n, generator=gen).to(dev)
-        for start in range(0, n, batch_size):
+        # the epoch's loss is summed on the device and read once per epoch (no per-batch sync)
+        loss_sum = torch.zeros((), device=dev)
+        for b, start in enumerate(range(0, n, batch_size)):
             idx = perm[start:start + batch_size]
             losses = F.cross_entropy(model(Xt[idx]), yt[idx], reduction="none")
             if w is None:
@@ -79,6 +95,24 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if track:
+                loss_sum += loss.detach() * idx.numel()
+                if on_progress is not None and (b + 1) % progress_every == 0:
+                    on_progress(epoch, b + 1, None)
+        run = epoch + 1
+        if not track:
+            continue
+        mean_loss = float(loss_sum) / n
+        if on_progress is not None:
+            on_progress(epoch, -(-n // batch_size), mean_loss)
+        if patience is not None:
+            if mean_loss < best * (1 - min_delta):
+                best, stale = mean_loss, 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
+    model.epochs_run_ = run
     return model.eval()
 
 

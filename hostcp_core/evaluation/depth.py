@@ -1,0 +1,218 @@
+"""Evaluation of a valuation at a chosen depth, with a bounded cost whatever the data size.
+
+:func:`evaluate_subset` is what a job (and ``hostcp value``) runs after valuation: the
+addition curve of the method's ranking, the same curve for a random order, and the selected
+subset's accuracy against a random subset of the same size, all scored on a held-out set.
+
+Depths:
+
+* ``"full"``: today's protocol: every learner is trained on all the points it is given
+  (``addition_curve``/``subset_accuracy``: the (64, 64) MLP, minibatch 64, ``epochs`` epochs).
+  Its cost grows with n (at 100k rows, hours on 2 cores).
+* ``"quick"`` (the default): every learner is trained on at most ``cap`` points. For fraction
+  f the method's ranking still decides which points are eligible (the top ⌈f·n⌉); a uniform
+  sample of ``cap`` of them is drawn when there are more. Epochs are scaled so each fit takes
+  about ``target_steps`` minibatch steps (between ``min_epochs`` and ``max_epochs`` epochs) and
+  stop early when the training loss stalls; at most ``eval_cap`` held-out rows are scored. The
+  cost is bounded by (2 × fractions + 2) fits of at most max(target_steps, max_epochs) steps,
+  whatever n is. What was sampled is stated in the result.
+* ``"none"``: nothing is trained; the result says it was skipped.
+
+Progress is reported in minibatch steps across all fits (within an epoch every 50 steps), so
+the callback runs at least every few tenths of a second and may raise
+:class:`hostcp_core.Cancelled` to stop.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from hostcp_core.data import Dataset
+from hostcp_core.evaluation._common import n_of
+from hostcp_core.evaluation.curves import _check_order, random_order
+from hostcp_core.progress import ProgressCallback, report
+
+DEPTHS: tuple[str, ...] = ("quick", "full", "none")
+DEFAULT_DEPTH = "quick"
+# The service's curve fractions (app settings); a caller may pass its own.
+DEFAULT_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class QuickSettings:
+    """How ``depth="quick"`` bounds each fit (documented defaults)."""
+
+    cap: int = 4000            # training points per learner, at most
+    eval_cap: int = 20_000     # held-out rows scored, at most
+    batch_size: int = 128
+    lr: float = 2e-3
+    target_steps: int = 600    # minibatch steps per fit the epoch count aims at
+    min_epochs: int = 5
+    max_epochs: int = 60
+    patience: int = 3          # early stopping on the training loss (relative 1e-3)
+
+    def epochs_for(self, n_fit: int) -> int:
+        per_epoch = max(1, -(-n_fit // self.batch_size))
+        return int(min(self.max_epochs, max(self.min_epochs, -(-self.target_steps // per_epoch))))
+
+
+QUICK = QuickSettings()
+
+
+@dataclass
+class SubsetEvaluation:
+    """What :func:`evaluate_subset` measured and how.
+
+    ``curves``: one row per (curve, fraction): curve ("addition" = the method's ranking,
+    "random" = a random order), step, fraction, n_points (⌈f·n⌉, the points eligible),
+    n_fitted (the points the learner was trained on), epochs (run), accuracy.
+    ``subset``/``random_subset``: n_points, n_fitted, epochs, accuracy. ``sampling`` states the
+    depth's settings (cap, eval_cap, n_eval, learner, epochs rule).
+    """
+
+    depth: str
+    curves: list[dict] = field(default_factory=list)
+    subset: dict | None = None
+    random_subset: dict | None = None
+    sampling: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+    def curve_points(self) -> list[dict]:
+        """Rows in the service's curve-point shape (curve, step, fraction, n_points, value);
+        the subset check is the "subset" and "random_subset" curves (one point each)."""
+        rows = [{"curve": r["curve"], "step": r["step"], "fraction": r["fraction"],
+                 "n_points": r["n_points"], "value": r["accuracy"]} for r in self.curves]
+        for name, res in (("subset", self.subset), ("random_subset", self.random_subset)):
+            if res is not None:
+                rows.append({"curve": name, "step": 0, "fraction": res["fraction"],
+                             "n_points": res["n_points"], "value": res["accuracy"]})
+        return rows
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate_subset(
+    train: Dataset,
+    holdout: Dataset,
+    ranking,
+    selected: Sequence[int] | np.ndarray,
+    *,
+    depth: str = DEFAULT_DEPTH,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    device: str = "cpu",
+    epochs: int | None = None,
+    hidden: Sequence[int] = (64, 64),
+    quick: QuickSettings = QUICK,
+    progress: ProgressCallback | None = None,
+) -> SubsetEvaluation:
+    """Addition curves (the method's ``ranking`` and a random order) and ``selected`` against
+    a random subset of the same size, trained on ``train`` and scored on ``holdout``.
+
+    ``ranking`` is a permutation of the training rows, most valuable first (or a
+    ValuationResult). ``epochs``: in "full" the epochs of every fit (default 60, as
+    ``addition_curve``); in "quick" the most epochs a fit may run (default
+    ``quick.max_epochs``). Fits use seed ``seed``; the random order is
+    ``random_order(n, seed)`` and the random subset ``default_rng(seed).choice(n, k)`` as in
+    the service and CLI. ``fractions=()`` leaves the curves out (only the subset check).
+    """
+    if depth not in DEPTHS:
+        raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
+    t0 = time.perf_counter()
+    if depth == "none":
+        return SubsetEvaluation(depth="none", sampling={"depth": "none", "skipped": True},
+                                timings={"total_s": 0.0})
+    order = _check_order(ranking, train.n)
+    selected = np.asarray(selected, dtype=np.int64).ravel()
+    fractions = [float(f) for f in fractions]
+    for f in fractions:
+        n_of(train.n, f)  # validates the range
+    n = train.n
+    k = int(selected.size)
+    rand = random_order(n, seed=seed)
+    rand_subset = np.random.default_rng(seed).choice(n, k, replace=False) if k else selected
+
+    # (name, step, fraction, eligible rows); the learner's sample is drawn from the eligible rows
+    jobs = [(name, step, f, o[:n_of(n, f)])
+            for name, o in (("addition", order), ("random", rand))
+            for step, f in enumerate(fractions)]
+    jobs += [("subset", 0, k / n, selected), ("random_subset", 0, k / n, rand_subset)]
+
+    if depth == "full":
+        ev = holdout
+        max_ep = 60 if epochs is None else int(epochs)
+        samples = [np.sort(rows) for *_, rows in jobs]
+        plan = [max_ep] * len(jobs)
+        fit_kw = {"batch_size": 64, "lr": 1e-3}
+        sampling = {"depth": "full", "cap": None, "eval_cap": None, "n_eval": holdout.n,
+                    "learner": {"hidden": list(hidden), "batch_size": 64, "lr": 1e-3,
+                                "epochs": max_ep, "early_stopping": False}}
+    else:
+        max_ep = quick.max_epochs if epochs is None else int(epochs)
+        ev_rows = _sample(np.arange(holdout.n), quick.eval_cap, seed, 10**6)
+        ev = holdout if ev_rows.size == holdout.n else holdout.subset(ev_rows)
+        samples = [_sample(rows, quick.cap, seed, i) for i, (*_, rows) in enumerate(jobs)]
+        plan = [min(max_ep, quick.epochs_for(s.size)) for s in samples]
+        fit_kw = {"batch_size": quick.batch_size, "lr": quick.lr, "patience": quick.patience}
+        sampling = {"depth": "quick", "cap": quick.cap, "eval_cap": quick.eval_cap,
+                    "n_eval": ev.n,
+                    "learner": {"hidden": list(hidden), "batch_size": quick.batch_size,
+                                "lr": quick.lr, "target_steps": quick.target_steps,
+                                "min_epochs": quick.min_epochs, "max_epochs": max_ep,
+                                "early_stopping": {"patience": quick.patience,
+                                                   "min_delta": 1e-3}},
+                    "sample": "top ceil(f*n) by the ranking, then uniform without replacement "
+                              "down to cap"}
+
+    bs = fit_kw["batch_size"]
+    units = [ep * max(1, -(-s.size // bs)) for ep, s in zip(plan, samples, strict=True)]
+    total = max(1, sum(units))
+    out = SubsetEvaluation(depth=depth, sampling=sampling)
+    done = 0
+    for (name, step, f, rows), idx, ep, unit in zip(jobs, samples, plan, units, strict=True):
+        acc, ran = _fit_score(train, ev, idx, hidden=hidden, epochs=ep, seed=seed,
+                              device=device, fit_kw=fit_kw, progress=progress, done=done,
+                              total=total, label=name)
+        done += unit
+        report(progress, "evaluation", done, total, message=f"{name} {f:.3g}")
+        row = {"fraction": f, "n_points": int(rows.size), "n_fitted": int(idx.size),
+               "epochs": ran, "accuracy": acc}
+        if name in ("addition", "random"):
+            out.curves.append({"curve": name, "step": step, **row})
+        else:
+            setattr(out, name, row)
+    out.timings["total_s"] = time.perf_counter() - t0
+    return out
+
+
+def _sample(rows: np.ndarray, cap: int, seed: int, stream: int) -> np.ndarray:
+    """``rows`` itself (sorted) when it has at most ``cap`` entries, else a uniform sample of
+    ``cap`` of them, reproducible for (seed, stream)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size > cap:
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 13, stream]))
+        rows = rng.choice(rows, cap, replace=False)
+    return np.sort(rows)
+
+
+def _fit_score(train, ev, idx, *, hidden, epochs, seed, device, fit_kw, progress, done, total,
+               label) -> tuple[float, int]:
+    from hostcp_core.models import accuracy, train_classifier
+
+    if idx.size == 0:  # as subset_accuracy: a model trained on nothing guesses uniformly
+        return 1.0 / train.n_classes, 0
+    per_epoch = max(1, -(-idx.size // fit_kw["batch_size"]))
+
+    def on_progress(epoch: int, batches: int, loss: float | None) -> None:
+        report(progress, "evaluation", min(total, done + epoch * per_epoch + batches), total,
+               epoch=epoch, loss=loss, message=label)
+
+    model = train_classifier(train.X[idx], train.y[idx], train.n_classes, hidden=hidden,
+                             epochs=epochs, seed=seed, device=device, on_progress=on_progress,
+                             **fit_kw)
+    return accuracy(model, ev.X, ev.y), int(model.epochs_run_)
