@@ -18,11 +18,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 
 from hostcp_core.data import Dataset
@@ -31,10 +32,16 @@ from hostcp_core.models import MLP
 from hostcp_core.progress import ProgressCallback, report
 from hostcp_core.result import ValuationResult, subset_size
 from hostcp_core.selection import SelectionLayer, select_top_k
+from hostcp_core.selection._static import implicit_vjp, solve_batch
 from hostcp_core.valuer import Valuer
 
 EMBEDDINGS = ("hidden", "gradient", "hidden+gradient", "raw")
 SCORES = ("value", "mass", "mean_u", "cost")
+LAYER_SOLVERS = ("auto", "static", "adaptive")
+# wave="auto": W per device type, measured with benchmarks/epoch_speed.py (docs/RESULTS.md).
+WAVE_AUTO = {"cpu": 1, "cuda": 1}
+# Distance of a padded old-set column: far above any dual price α_i, so it is never used.
+_PAD_DISTANCE = 1e3
 # Cross-class distances (class-conditional mode) are this many mean distances: a constant, so a
 # point is represented by another class only when nothing else is feasible.
 _CROSS_CLASS_DISTANCE = 8.0
@@ -103,9 +110,21 @@ class HostCP(Valuer):
     solver: ``"native"`` (fast, default) or ``"cvxpylayers"`` (reference; small batches only).
     num_threads: torch CPU threads while fitting (restored after). The per-batch work is many
         small ops, which run fastest on one thread and degrade badly on a shared CPU with more.
+    wave: W, the number of consecutive minibatches whose selection problems are solved in one
+        batched call (``"auto"``: the measured best for the device, ``WAVE_AUTO``). Within a
+        wave the old set is the one at the wave's start (it is updated after the wave), and
+        every problem is set up with φ and θ as they were at the wave's start; the θ step, the
+        look-ahead and the φ step still follow per minibatch (φ's steps use gradients taken at
+        the wave's start). W = 1 is the per-minibatch algorithm, unchanged.
+    layer_solver: how a wave's batch is solved (W > 1 only): ``"static"`` (no read-back to the
+        host inside the Newton loop, convergence read once every 8 iterations; what a GPU
+        needs), ``"adaptive"`` (the per-minibatch solver, batched: it tests convergence on the
+        host after every step, free on a CPU), ``"auto"``: static on CUDA, adaptive on CPU.
     """
 
     name = "hostcp"
+    # Tests set this to run W = 1 through the wave code (which must then give the same results).
+    _wave_path_at_one = False
 
     def __init__(
         self,
@@ -136,6 +155,8 @@ class HostCP(Valuer):
         seed: int = 0,
         device: str = "auto",
         num_threads: int | None = 1,
+        wave: int | str = 1,
+        layer_solver: str = "auto",
     ):
         self.fraction = fraction
         self.embedding = embedding
@@ -163,6 +184,8 @@ class HostCP(Valuer):
         self.seed = seed
         self.device = device
         self.num_threads = num_threads
+        self.wave = wave
+        self.layer_solver = layer_solver
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -180,6 +203,11 @@ class HostCP(Valuer):
             raise ValueError("batch_size must be at least 2")
         if self.old_set_size < 0:
             raise ValueError("old_set_size must be >= 0")
+        if not (self.wave == "auto" or (isinstance(self.wave, int) and self.wave >= 1)):
+            raise ValueError(f"wave must be an integer >= 1 or 'auto', got {self.wave!r}")
+        if self.layer_solver not in LAYER_SOLVERS:
+            raise ValueError(f"layer_solver must be one of {LAYER_SOLVERS}, got "
+                             f"{self.layer_solver!r}")
 
     # ------------------------------------------------------------------ representation
     def _represent(self, model: MLP, x: torch.Tensor, y: torch.Tensor,
@@ -250,6 +278,9 @@ class HostCP(Valuer):
         grad_norms: list[float] = []
         epoch_times: list[float] = []
         step = 0
+        W = self._wave_size(dev)
+        waves = W > 1 or self._wave_path_at_one
+        acc = _Accumulators(u_sum, mass_sum, signal_sum, grad_norms)
         for epoch in range(self.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
             warm = epoch < self.warmup_epochs
@@ -257,14 +288,28 @@ class HostCP(Valuer):
             old_set = _OldSet(n, self.embed_dim, dev, self.old_search_pool, gen)
             epoch_loss = 0.0
             t_epoch = time.perf_counter()
-            for b in range(n_batches):
+            if waves:
+                # Waves: losses summed on the device, read (with progress) once per wave.
+                loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+                for b0 in range(0, n_batches, W):
+                    batches = [perm[b * self.batch_size:(b + 1) * self.batch_size]
+                               for b in range(b0, min(b0 + W, n_batches))]
+                    if warm:
+                        for idx in batches:
+                            loss_sum += self._plain_step(model, opt, X[idx], Y[idx]) * len(idx)
+                    else:
+                        t_layer += self._wave(model, opt, embed, embed_opt, layer, X, Y, Xt, Yt,
+                                              batches, old_set, scales, gen, acc, loss_sum)
+                    step += len(batches)
+                    report(progress, "train", step, total_steps, epoch=epoch,
+                           batch=b0 + len(batches) - 1, loss=float(loss_sum) / max(
+                               1, min((b0 + len(batches)) * self.batch_size, n)))
+                epoch_loss = float(loss_sum)
+            for b in range(0 if waves else n_batches):
                 idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
                 xb, yb = X[idx], Y[idx]
                 if warm or len(idx) < 2:
-                    loss = F.cross_entropy(model(xb), yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
+                    loss = self._plain_step(model, opt, xb, yb)
                 else:
                     t0 = time.perf_counter()
                     out, old_idx, hb = self._select(model, embed, layer, X, Y, idx, old_set,
@@ -292,6 +337,7 @@ class HostCP(Valuer):
                 u_count += 1
                 epoch_times.append(time.perf_counter() - t_epoch)
 
+        grad_norms = [float(g) for g in grad_norms]
         scores = {"mean_u": u_sum, "mass": mass_sum, "value": signal_sum}
         scores = {k: (v / max(u_count, 1)).cpu().numpy() for k, v in scores.items()}
         if embed.cost is not None:
@@ -319,6 +365,22 @@ class HostCP(Valuer):
             selected = np.sort(np.argsort(-values, kind="stable")[:k])
         return ValuationResult(values=values, selected=selected, method=self.name,
                                timings=timings, extra=extra)
+
+    def _wave_size(self, dev: torch.device) -> int:
+        w = WAVE_AUTO.get(dev.type, 1) if self.wave == "auto" else int(self.wave)
+        # the reference solver and subclasses that replace the per-minibatch selection
+        # (benchmark ablations) run per minibatch
+        if self.solver != "native" or type(self)._select is not HostCP._select:
+            return 1
+        return w
+
+    @staticmethod
+    def _plain_step(model, opt, xb, yb) -> torch.Tensor:
+        loss = F.cross_entropy(model(xb), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
 
     def _select(self, model, embed, layer, X, Y, idx, old_set, scales):
         """Distances of the batch to itself and to its k nearest selected points; solve the
@@ -349,6 +411,19 @@ class HostCP(Valuer):
 
     def _joint_step(self, model, opt, embed, embed_opt, xb, yb, u, Xt, Yt, gen):
         """θ step on the u-weighted loss (eq. 8); φ step on the look-ahead test loss (eq. 9, 12)."""
+        loss, dV_du = self._theta_step(model, opt, xb, yb, u.detach(), Xt, Yt, gen)
+        if not self.learn_embedding:
+            return loss, 0.0, dV_du
+        embed_opt.zero_grad(set_to_none=True)
+        surrogate = (dV_du.to(u.dtype) * u).sum()
+        surrogate.backward()
+        gnorm = float(sum(p.grad.norm() ** 2 for p in embed.parameters()
+                          if p.grad is not None) ** 0.5)
+        embed_opt.step()
+        return loss, gnorm, dV_du
+
+    def _theta_step(self, model, opt, xb, yb, ud, Xt, Yt, gen):
+        """θ step with u held fixed; returns the loss and dV/du of the look-ahead."""
         params = {k: v.detach() for k, v in model.named_parameters()}
         buffers = dict(model.named_buffers())
         norm = self.fraction * len(xb)
@@ -357,8 +432,6 @@ class HostCP(Valuer):
             return F.cross_entropy(functional_call(model, (p, buffers), (xb,)), yb,
                                    reduction="none")
 
-        # θ step with u held fixed.
-        ud = u.detach()
         per_point = F.cross_entropy(model(xb), yb, reduction="none")
         loss = (ud * per_point).sum() / norm
         opt.zero_grad(set_to_none=True)
@@ -382,15 +455,114 @@ class HostCP(Valuer):
         _, dots = jvp(losses, (params,), (dict(zip(th.keys(), gV, strict=True)),))
         dV_du = -(self.lookahead_lr / norm) * dots.detach()
         opt.step()
+        return loss.detach(), dV_du
+
+    # ------------------------------------------------------------------ waves (W > 1)
+    def _problems(self, params, embed, R, Ro, yb, yo, valid):
+        """Distances of the layer's problems from the representations of the new points R
+        (..., n, d) and of their old points Ro (..., k, d), as ``_select`` computes them; padded
+        old columns (``valid`` False) get a distance no dual price reaches. Works batched and
+        per problem (under vmap), so φ's gradient can be taken per minibatch."""
+        hb, cb = functional_call(embed, params, (R,))
+        ho, co = functional_call(embed, params, (Ro,))
+        Dn, Do = _pairwise(hb, hb), _pairwise(hb, ho)
+        n = hb.shape[-2]
+        v = valid.unsqueeze(-2)
+        count = n * n + n * valid.sum(-1)
+        total = Dn.sum((-2, -1)) + torch.where(v, Do, 0.0).sum((-2, -1))
+        scale = (total / count).detach().clamp_min(1e-12)[..., None, None]
+        Dn, Do = Dn / scale, Do / scale
+        if cb is not None:
+            Dn = Dn + cb.unsqueeze(-2) * (1 - torch.eye(n, device=Dn.device))
+            Do = Do + co.unsqueeze(-2)
+        if self.class_conditional:
+            cross = Dn.new_tensor(_CROSS_CLASS_DISTANCE)
+            Dn = torch.where(yb.unsqueeze(-1) == yb.unsqueeze(-2), Dn, cross)
+            Do = torch.where(yb.unsqueeze(-1) == yo.unsqueeze(-2), Do, cross)
+        return Dn, torch.where(v, Do, Do.new_tensor(_PAD_DISTANCE))
+
+    def _wave(self, model, opt, embed, embed_opt, layer, X, Y, Xt, Yt, batches, old_set,
+              scales, gen, acc, loss_sum) -> float:
+        """One wave: the selection problems of these minibatches (all of one size) solved in
+        one call against the old set as it stands, then the θ and φ steps per minibatch.
+        Returns the seconds spent on the selection."""
+        t0 = time.perf_counter()
+        if len({len(b) for b in batches}) > 1:   # a short last minibatch: a wave of its own
+            return (self._wave(model, opt, embed, embed_opt, layer, X, Y, Xt, Yt, batches[:-1],
+                               old_set, scales, gen, acc, loss_sum)
+                    + self._wave(model, opt, embed, embed_opt, layer, X, Y, Xt, Yt,
+                                 batches[-1:], old_set, scales, gen, acc, loss_sum))
+        idxs = torch.stack(batches)                       # (W, n)
+        W, nb = idxs.shape
+        if nb < 2:
+            for idx in batches:
+                loss_sum += self._plain_step(model, opt, X[idx], Y[idx]) * len(idx)
+            return 0.0
+        yb = Y[idxs]
+        R = self._represent(model, X[idxs.flatten()], yb.flatten(), scales).view(W, nb, -1)
+        params = {k: v.detach() for k, v in embed.named_parameters()}
+        with torch.no_grad():
+            hb, _ = embed(R)
+            old, valid = old_set.nearest_wave(hb, yb, Y, self.old_set_size,
+                                              self.class_conditional)
+            Ro = self._represent(model, X[old.flatten()], Y[old.flatten()],
+                                 scales).view(W, old.shape[1], -1)
+            yo = Y[old]
+            Dn, Do = self._problems(params, embed, R, Ro, yb, yo, valid)
+        budget = torch.full((W,), layer.budget(nb), dtype=torch.float64, device=Dn.device)
+        mode = self.layer_solver
+        if mode == "auto":
+            mode = "static" if Dn.device.type == "cuda" else "adaptive"
+        sol = solve_batch(Dn.double(), Do.double(), budget, self.eps, mode=mode,
+                          scale=_CROSS_CLASS_DISTANCE)
+        u, Zn = sol.u.to(Dn.dtype), sol.Zn.to(Dn.dtype)    # (W, n), (W, n, n)
+        acc.mass.index_add_(0, idxs.flatten(),
+                            (Zn.sum(-2) - Zn.diagonal(dim1=-2, dim2=-1)).flatten().double())
+        zo = sol.Zo.to(Dn.dtype).sum(-2)
+        acc.mass.index_add_(0, old[valid], zo[valid].double())
+        acc.u.index_add_(0, idxs.flatten(), u.flatten().double())
+        k = subset_size(nb, self.fraction)
+        top = select_top_k(u, k)                           # (W, k)
+        old_set.add(idxs.gather(1, top).flatten(),
+                    hb.gather(1, top.unsqueeze(-1).expand(-1, -1, hb.shape[-1])).flatten(0, 1))
+        t_layer = time.perf_counter() - t0
+        dV = []
+        for w in range(W):
+            xb, ybw = X[idxs[w]], yb[w]
+            loss, dV_du = self._theta_step(model, opt, xb, ybw, u[w], Xt, Yt, gen)
+            loss_sum += loss * nb
+            dV.append(dV_du)
+        dV = torch.stack(dV)                               # (W, n)
+        acc.signal.index_add_(0, idxs.flatten(), -dV.double().flatten())
         if not self.learn_embedding:
-            return loss.detach(), 0.0, dV_du
-        embed_opt.zero_grad(set_to_none=True)
-        surrogate = (dV_du.to(u.dtype) * u).sum()
-        surrogate.backward()
-        gnorm = float(sum(p.grad.norm() ** 2 for p in embed.parameters()
-                          if p.grad is not None) ** 0.5)
-        embed_opt.step()
-        return loss.detach(), gnorm, dV_du
+            acc.grad_norms.extend([0.0] * W)
+            return t_layer
+        zeros_n, zeros_o = torch.zeros_like(sol.Zn), torch.zeros_like(sol.Zo)
+        gDn, gDo = implicit_vjp(sol.saved, self.eps, zeros_n, zeros_o, dV.to(sol.u.dtype))
+        gDn, gDo = gDn.to(Dn.dtype), gDo.to(Do.dtype)
+
+        def surrogate(p, R, Ro, yb, yo, valid, gDn, gDo):
+            dn, do = self._problems(p, embed, R, Ro, yb, yo, valid)
+            return (dn * gDn).sum() + (do * gDo).sum()
+
+        grads = vmap(grad(surrogate), in_dims=(None, 0, 0, 0, 0, 0, 0, 0))(
+            params, R, Ro, yb, yo, valid, gDn, gDo)
+        names = list(params)
+        for w in range(W):
+            embed_opt.zero_grad(set_to_none=True)
+            for name, prm in embed.named_parameters():
+                prm.grad = grads[name][w]
+            embed_opt.step()
+        norms = torch.stack([grads[k].flatten(1).square().sum(1) for k in names]).sum(0).sqrt()
+        acc.grad_norms.extend(norms.unbind())
+        return t_layer
+
+
+class _Accumulators(NamedTuple):
+    u: torch.Tensor
+    mass: torch.Tensor
+    signal: torch.Tensor
+    grad_norms: list
 
 
 class _OldSet:
@@ -432,11 +604,36 @@ class _OldSet:
         keep = torch.topk(-nearest, min(k, len(rows))).indices
         return idx[keep[torch.isfinite(nearest[keep])]]
 
+    def nearest_wave(self, hb: torch.Tensor, yb: torch.Tensor, Y: torch.Tensor, k: int,
+                     class_conditional: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """For each of W batches (hb (W, n, dim)): training indices of the (up to) k selected
+        points nearest to it, padded to k, and which of them are real (W, k). One search pool
+        is drawn for the wave."""
+        W = hb.shape[0]
+        out = torch.zeros(W, k, dtype=torch.long, device=hb.device)
+        valid = torch.zeros(W, k, dtype=torch.bool, device=hb.device)
+        if not self.size or not k:
+            return out, valid
+        rows = torch.arange(self.size, device=hb.device)
+        if self.search_pool and self.size > self.search_pool:
+            rows = torch.randperm(self.size, generator=self.generator)[:self.search_pool]
+            rows = rows.to(hb.device)
+        idx = self.idx[rows]
+        d = torch.cdist(hb, self.h[rows].unsqueeze(0).expand(W, -1, -1))
+        if class_conditional:
+            d = d.masked_fill(yb[:, :, None] != Y[idx][None, None, :], float("inf"))
+        nearest = d.min(1).values                           # (W, pool)
+        top = min(k, len(rows))
+        neg, keep = torch.topk(-nearest, top, dim=1)
+        out[:, :top] = idx[keep]
+        valid[:, :top] = torch.isfinite(neg)
+        return out, valid
+
 
 def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact Euclidean distances with a safe gradient at zero distance (no matmul shortcut:
     torch.cdist's is inexact, see reference/selection-layer.md)."""
-    diff = a[:, None, :] - b[None, :, :]
+    diff = a[..., :, None, :] - b[..., None, :, :]
     sq = (diff * diff).sum(-1)
     zero = sq <= 1e-24
     return torch.where(zero, torch.zeros_like(sq), torch.sqrt(torch.where(zero, 1.0, sq)))

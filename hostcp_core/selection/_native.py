@@ -38,17 +38,28 @@ class _Primal(NamedTuple):
 
 
 def _primal(
-    alpha: torch.Tensor, lam: torch.Tensor, Dn: torch.Tensor, Do: torch.Tensor, eps: float
+    alpha: torch.Tensor,
+    lam: torch.Tensor,
+    Dn: torch.Tensor,
+    Do: torch.Tensor,
+    eps: float,
+    static: bool = False,
 ) -> _Primal:
-    """Closed-form primal minimiser of the Lagrangian; differentiable (autograd) in all inputs."""
+    """Closed-form primal minimiser of the Lagrangian; differentiable (autograd) in all inputs.
+
+    ``static`` sorts whole columns (shapes independent of the data, no read-back to the host);
+    it gives the same u, Zn and Zo (the extra zeros only count where t < 0, where u = 0)."""
     n = Dn.shape[-1]
     a = alpha.unsqueeze(-1) - Dn
     # Column threshold: sort each column descending; with k capped entries t = (S_k − λ)/(k + 1);
     # "entry k is capped" is monotone in k, so k* is just the count of capped candidates.
     # Only t > 0 matters (else u = 0 and the column is empty), and then only positive a_ij can
     # be capped, so a partial sort of relu(a) over the most positives in any column suffices.
-    top = max(int((a > 0).sum(1).amax()), 1) if a.numel() else 1
-    a_sorted = torch.topk(torch.relu(a), min(top, n), dim=1, sorted=True).values
+    if static:
+        a_sorted = torch.sort(torch.relu(a), dim=1, descending=True).values
+    else:
+        top = max(int((a > 0).sum(1).amax()), 1) if a.numel() else 1
+        a_sorted = torch.topk(torch.relu(a), min(top, n), dim=1, sorted=True).values
     kmax = a_sorted.shape[1]
     csum = torch.cumsum(a_sorted, dim=1)
     k = torch.arange(1, kmax + 1, device=Dn.device, dtype=Dn.dtype).view(1, kmax, 1)
@@ -256,6 +267,49 @@ def newton_solve(
     return alpha, lam, p, it, res
 
 
+def _continuation(
+    Dn: torch.Tensor,
+    Do: torch.Tensor,
+    budget: torch.Tensor,
+    eps: float,
+    tol: float,
+    max_iter: int,
+    bad: torch.Tensor,
+    alpha: torch.Tensor,
+    lam: torch.Tensor,
+    p: _Primal,
+    res: torch.Tensor,
+    scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, _Primal, torch.Tensor, int]:
+    """Re-solve the problems marked ``bad`` by ε-continuation (10^k ε down to ε, each stage
+    warm-started from the last); returns the merged α, λ, primal, residuals and iterations.
+    ``scale``: the distance scale (default: the mean |D| of those problems)."""
+    it = 0
+    idx = bad.nonzero().squeeze(-1)
+    sub = (Dn[idx], Do[idx], budget[idx])
+    if scale is None:
+        scale = max(float(sub[0].abs().mean()), float(sub[1].abs().mean()) if sub[1].numel() else 0)
+    stages = [eps]
+    while stages[-1] < 0.05 * max(scale, 1e-12) and len(stages) < 6:
+        stages.append(stages[-1] * 10)
+    init = None
+    for k, e in enumerate(reversed(stages)):
+        last = k == len(stages) - 1
+        a_s, l_s, p_s, it_s, res_s = newton_solve(
+            *sub, e, tol if last else max(tol, 1e-6), max_iter, init=init,
+            raise_on_failure=False,
+        )
+        init = (a_s, l_s)
+        it += it_s
+    alpha, lam, res = alpha.clone(), lam.clone(), res.clone()
+    alpha[idx], lam[idx] = a_s, l_s
+    res[idx] = res_s
+    p = _Primal(*(x.clone() for x in p))
+    for full, part in zip(p, p_s, strict=True):
+        full[idx] = part
+    return alpha, lam, p, res, it
+
+
 def solve_duals(
     Dn: torch.Tensor,
     Do: torch.Tensor,
@@ -276,27 +330,9 @@ def solve_duals(
     )
     bad = (res > tol) | torch.isnan(res)
     if bool(bad.any()):
-        idx = bad.nonzero().squeeze(-1)
-        sub = (Dn[idx], Do[idx], budget[idx])
-        scale = max(float(sub[0].abs().mean()), float(sub[1].abs().mean()) if sub[1].numel() else 0)
-        stages = [eps]
-        while stages[-1] < 0.05 * max(scale, 1e-12) and len(stages) < 6:
-            stages.append(stages[-1] * 10)
-        init = None
-        for k, e in enumerate(reversed(stages)):
-            last = k == len(stages) - 1
-            a_s, l_s, p_s, it_s, res_s = newton_solve(
-                *sub, e, tol if last else max(tol, 1e-6), max_iter, init=init,
-                raise_on_failure=False,
-            )
-            init = (a_s, l_s)
-            it += it_s
-        alpha, lam = alpha.clone(), lam.clone()
-        alpha[idx], lam[idx], res = a_s, l_s, res.clone()
-        res[idx] = res_s
-        p = _Primal(*(x.clone() for x in p))
-        for full, part in zip(p, p_s, strict=True):
-            full[idx] = part
+        alpha, lam, p, res, it_c = _continuation(Dn, Do, budget, eps, tol, max_iter, bad,
+                                                 alpha, lam, p, res)
+        it += it_c
     worst = float(res.max()) if res.numel() else 0.0
     if worst > tol or worst != worst:
         raise SolverError(
@@ -315,6 +351,55 @@ def _pinv_solve(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     inv = torch.where(evals > cut, 1.0 / evals.clamp(min=torch.finfo(M.dtype).tiny), 0.0)
     coef = (evecs.transpose(-2, -1) @ v.unsqueeze(-1)).squeeze(-1) * inv
     return (evecs @ coef.unsqueeze(-1)).squeeze(-1)
+
+
+def backward_state(
+    p: _Primal,
+    alpha: torch.Tensor,
+    lam: torch.Tensor,
+    Do: torch.Tensor,
+    budget: torch.Tensor,
+    eps: float,
+    tol: float,
+) -> tuple[torch.Tensor, ...]:
+    """What the implicit backward needs: the active-set masks at the solution and the
+    budget's activity (free_n, free_o, S, w, active)."""
+    tie = min(max(100.0 * tol, 1e-10), 1e-6)
+    mk = _masks(p, alpha, Do, eps, tie)
+    # The budget is active where λ > 0 or Σu is tight (same "tight means active" rule).
+    active = (lam > 0) | (p.u.sum(-1) >= budget - tie * max(1, p.Zn.shape[-1]))
+    return mk.free_n, mk.free_o, mk.S, mk.w, active
+
+
+def implicit_vjp(
+    saved: tuple[torch.Tensor, ...],
+    eps: float,
+    gZn: torch.Tensor,
+    gZo: torch.Tensor,
+    gu: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cotangents of (Dn, Do) from those of (Zn, Zo, u) at a solution (see _NativeSelection)."""
+    free_n, free_o, S, w, active = saved
+    n = S.shape[-1]
+    mk = _Masks(free_n, free_o, S, w)
+
+    def col_agg(g_n: torch.Tensor, g_u: torch.Tensor) -> torch.Tensor:
+        # cotangent reaching each interior column's u_j (itself and its capped entries)
+        return w * (g_u + (S * g_n).sum(1))
+
+    h = col_agg(gZn, gu)
+    v_a = (free_o * gZo).sum(-1) + (free_n * gZn).sum(-1) + (S * h.unsqueeze(1)).sum(-1)
+    v_l = torch.where(active, -h.sum(-1), torch.zeros_like(h[:, 0]))
+    M = _freeze_lambda(_hessian(mk), active)
+    mu = -_pinv_solve(M, torch.cat([v_a, v_l.unsqueeze(-1)], -1))
+    mu_a = mu[:, :n].unsqueeze(-1)
+    gZn_t = gZn + mu_a
+    gZo_t = gZo + mu_a
+    gu_t = gu - mu[:, n].unsqueeze(-1)
+    h_t = col_agg(gZn_t, gu_t)
+    dDn = -(free_n * gZn_t + S * h_t.unsqueeze(1)) / eps
+    dDo = -(free_o * gZo_t) / eps
+    return dDn, dDo
 
 
 class _NativeSelection(torch.autograd.Function):
@@ -340,12 +425,8 @@ class _NativeSelection(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         alpha, lam, p, it, res = solve_duals(Dn, Do, budget, eps, tol, max_iter)
         info["iterations"], info["residual"] = it, res
-        tie = min(max(100.0 * tol, 1e-10), 1e-6)
-        mk = _masks(p, alpha, Do, eps, tie)
-        # The budget is active where λ > 0 or Σu is tight (same "tight means active" rule).
-        active = (lam > 0) | (p.u.sum(-1) >= budget - tie * max(1, Dn.shape[-1]))
         ctx.eps = eps
-        ctx.save_for_backward(mk.free_n, mk.free_o, mk.S, mk.w, active)
+        ctx.save_for_backward(*backward_state(p, alpha, lam, Do, budget, eps, tol))
         return p.Zn, p.Zo, p.u
 
     @staticmethod
@@ -353,27 +434,7 @@ class _NativeSelection(torch.autograd.Function):
     def backward(
         ctx: Any, gZn: torch.Tensor, gZo: torch.Tensor, gu: torch.Tensor
     ) -> tuple[Any, ...]:
-        free_n, free_o, S, w, active = ctx.saved_tensors
-        eps = ctx.eps
-        n = S.shape[-1]
-        mk = _Masks(free_n, free_o, S, w)
-
-        def col_agg(g_n: torch.Tensor, g_u: torch.Tensor) -> torch.Tensor:
-            # cotangent reaching each interior column's u_j (itself and its capped entries)
-            return w * (g_u + (S * g_n).sum(1))
-
-        h = col_agg(gZn, gu)
-        v_a = (free_o * gZo).sum(-1) + (free_n * gZn).sum(-1) + (S * h.unsqueeze(1)).sum(-1)
-        v_l = torch.where(active, -h.sum(-1), torch.zeros_like(h[:, 0]))
-        M = _freeze_lambda(_hessian(mk), active)
-        mu = -_pinv_solve(M, torch.cat([v_a, v_l.unsqueeze(-1)], -1))
-        mu_a = mu[:, :n].unsqueeze(-1)
-        gZn_t = gZn + mu_a
-        gZo_t = gZo + mu_a
-        gu_t = gu - mu[:, n].unsqueeze(-1)
-        h_t = col_agg(gZn_t, gu_t)
-        dDn = -(free_n * gZn_t + S * h_t.unsqueeze(1)) / eps
-        dDo = -(free_o * gZo_t) / eps
+        dDn, dDo = implicit_vjp(ctx.saved_tensors, ctx.eps, gZn, gZo, gu)
         return dDn, dDo, None, None, None, None, None
 
 
