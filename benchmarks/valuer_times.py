@@ -8,6 +8,10 @@ the training labels are flipped so the table can also show each valuer's flip-de
 (clean vs flipped, from the values). Usage:
 
     OMP_NUM_THREADS=1 python benchmarks/valuer_times.py [--threads 1] [--out results.md]
+
+With ``--sizes 1000,2000,4000`` each method runs at every size instead (same synthetic task,
+1000 test points) and the table adds the growth exponent between the last two sizes
+(log seconds / log n): the rough per-size costs behind ``hostcp_core.catalogue``'s limits.
 """
 
 from __future__ import annotations
@@ -32,8 +36,12 @@ def main() -> None:
     ap.add_argument("--methods", default="hostcp,random,facility_location,knn_shapley,data_oob,"
                     "loo,influence,tracin,tmc_shapley,dvrl")
     ap.add_argument("--out", default=None, help="also write the table to this file")
+    ap.add_argument("--sizes", default=None, help="comma-separated training sizes: growth table")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.sizes:
+        growth(args, [int(s) for s in args.sizes.split(",")])
+        return
 
     train, test = make_synthetic(args.n, 1000, seed=0)
     noisy, flipped = flip_labels(train, 0.1, seed=0)
@@ -79,6 +87,40 @@ def main() -> None:
     table = "\n".join([header] + ["| " + " | ".join(r) + " |" for r in rows])
     note = (f"\nn = {args.n} train, 1000 test, 50 features, 10% flipped labels; device "
             f"{args.device}, {args.threads} torch thread(s).")
+    print("\n" + table + note)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(table + note + "\n")
+
+
+def growth(args, sizes: list[int]) -> None:
+    """Seconds per method and training size, and the exponent between the last two sizes."""
+    fixed = {"tmc_shapley": {"max_permutations": args.tmc_permutations,
+                             "check_every": args.tmc_permutations},
+             "dvrl": {"iterations": args.dvrl_iterations}}
+    rows = []
+    for method in args.methods.split(","):
+        params = dict(fixed.get(method, {}))
+        if method != "facility_location":
+            params["device"] = args.device
+        secs = []
+        for n in sizes:
+            train, test = make_synthetic(n, 1000, seed=0)
+            noisy, _ = flip_labels(train, 0.1, seed=0)
+            t0 = time.perf_counter()
+            get_valuer(method, **params).fit(noisy, test)
+            secs.append(time.perf_counter() - t0)
+            print(f"{method} n={n}: {secs[-1]:.2f} s", flush=True)
+        slope = (np.log(secs[-1] / secs[-2]) / np.log(sizes[-1] / sizes[-2])
+                 if len(sizes) > 1 and min(secs[-2:]) > 0 else float("nan"))
+        setting = ", ".join(f"{k}={v}" for k, v in params.items()
+                            if k not in ("check_every", "device")) or "defaults"
+        rows.append((method, setting, *[f"{s:.2f}" for s in secs], f"{slope:.2f}"))
+    header = ("| method | settings | " + " | ".join(f"n={n} (s)" for n in sizes)
+              + " | exponent |\n|---|---|" + "---:|" * (len(sizes) + 1))
+    table = "\n".join([header] + ["| " + " | ".join(r) + " |" for r in rows])
+    note = (f"\n1000 test points, 50 features, 10% flipped labels; device {args.device}, "
+            f"{args.threads} torch thread(s); exponent = log(t_last/t_prev)/log(n_last/n_prev).")
     print("\n" + table + note)
     if args.out:
         with open(args.out, "w") as fh:

@@ -3,6 +3,7 @@
 A pure library (numpy, torch, cvxpy): it never imports the service layers.
 """
 
+from hostcp_core.catalogue import catalogue, check_feasible
 from hostcp_core.data import Dataset, check_compatible, make_dataset, split_test, validate_train
 from hostcp_core.errors import Cancelled, DataError, NotFittedError
 from hostcp_core.loaders import load_dataset, load_train_test
@@ -22,7 +23,9 @@ __all__ = [
     "ValuationResult",
     "Valuer",
     "available_methods",
+    "catalogue",
     "check_compatible",
+    "check_feasible",
     "flip_labels",
     "get_valuer",
     "load_dataset",
