@@ -1,0 +1,273 @@
+"""Issue 14 evidence: the recommended selection against random, every single method and the full
+training set, scored on data no selection saw.
+
+Per dataset, seed and label condition (clean; 10% flipped): the test set is split into a
+held-out third (scores every subset; nothing else touches it) and the rest, which the
+recommendation splits again into its selection part (the only test data any candidate sees) and
+its validation part (chooses the winner). For each fraction the candidates are built once and
+the winner chosen twice, once per learner (logistic regression, MLP): the user names the
+learner. Each candidate's subset and the full (noisy) training set are then trained with that
+learner and scored on the held-out third; the single methods are the candidates themselves
+(HOST-CP as published, each valuer's stratified top set), fitted on the selection part.
+
+    python benchmarks/recommended.py --datasets synthetic digits --seeds 0 --fractions 0.2
+    python benchmarks/recommended.py --report-only      # results/recommended/REPORT.md
+
+Rows are appended to ``<out>/rows[_<part>].csv`` and ``<out>/choices[_<part>].csv`` as each
+run finishes, so a long run can be read (and resumed: finished (dataset, seed, condition,
+fraction) keys are skipped) at any time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from hostcp_core import Dataset, flip_labels, make_dataset, split_test  # noqa: E402
+from hostcp_core.datasets import load_paper_dataset  # noqa: E402
+from hostcp_core.recommended import (  # noqa: E402
+    RecommendedSelection,
+    choose_winner,
+    score_candidates,
+    train_predict,
+)
+from hostcp_core.result import subset_size  # noqa: E402
+
+PAPER = ("synthetic", "fashion_mnist", "statlog_dna", "newsgroups", "adult")
+# Real datasets shipped inside the scikit-learn wheel (no download).
+SKLEARN = {"digits": (500, 1000), "breast_cancer": (300, 269)}
+SINGLE = ("hostcp", "top_data_oob", "top_knn_shapley")
+
+
+def load(name: str, seed: int, n_train: int, n_test: int) -> tuple[Dataset, Dataset]:
+    if name in PAPER:
+        return load_paper_dataset(name, n_train, n_test, seed=seed)
+    from sklearn import datasets
+    from sklearn.model_selection import train_test_split
+
+    X, y = getattr(datasets, f"load_{name}")(return_X_y=True)
+    ntr, nte = SKLEARN[name]
+    Xtr, Xte, ytr, yte = train_test_split(X, y, train_size=ntr, test_size=nte,
+                                          stratify=y, random_state=seed)
+    train = make_dataset(Xtr, ytr, name=name)
+    return train, make_dataset(Xte, yte, classes=train.classes, name=f"{name}[test]")
+
+
+def holdout_accuracy(learner: str, train: Dataset, idx: np.ndarray, hold: Dataset,
+                     seeds: list[int], epochs: int) -> float:
+    accs = [float((train_predict(learner, train.X[idx], train.y[idx], train.n_classes, hold.X,
+                                 seed=s, epochs=epochs) == hold.y).mean()) for s in seeds]
+    return float(np.mean(accs))
+
+
+def run_one(args, dataset: str, seed: int, condition: str, fraction: float,
+            data, rows_path: Path, choices_path: Path) -> None:
+    train, valuation, hold, flipped = data
+    k = subset_size(train.n, fraction)
+    rec = RecommendedSelection(fraction=fraction, seed=seed, n_seeds=args.n_seeds,
+                               epochs=args.select_epochs, n_jobs=1)
+    sel_rows, val_rows = rec.split(valuation)
+    selection, validation = valuation.subset(sel_rows), valuation.subset(val_rows)
+    t0 = time.perf_counter()
+    cands, shared = rec.build_candidates(train, selection)
+    t_build = time.perf_counter() - t0
+    suspect = shared["suspect"]
+    sus = {c: int(suspect[cands[c].selected].sum()) for c in cands}
+    key = {"dataset": dataset, "seed": seed, "condition": condition, "fraction": fraction}
+    flip_mask = np.zeros(train.n, dtype=bool)
+    flip_mask[flipped] = True
+    rows, choices = [], []
+    for learner in args.learners:
+        t0 = time.perf_counter()
+        scores = score_candidates(cands, train, validation, k, learner=learner,
+                                  n_seeds=args.n_seeds, epochs=args.select_epochs, seed=seed)
+        winner, se, why = choose_winner(scores, sus, list(cands))
+        t_score = time.perf_counter() - t0
+        eval_seeds = [1000 + seed + r for r in range(1 if learner == "logreg" else args.repeats)]
+        hold_acc = {c: holdout_accuracy(learner, train, cands[c].order[:k], hold, eval_seeds,
+                                        args.eval_epochs) for c in cands}
+        hold_acc["recommended"] = hold_acc[winner]
+        for c, acc in hold_acc.items():
+            sel = cands[winner if c == "recommended" else c].order[:k]
+            rows.append({**key, "learner": learner, "method": c, "holdout_accuracy": acc,
+                         "validation_accuracy": scores[winner if c == "recommended" else c]
+                         ["mean"], "flipped_share": float(flip_mask[sel].mean()),
+                         "n_selected": k, "winner": winner})
+        hostcp_s = shared["seconds"].get("hostcp", float("nan"))
+        choices.append({**key, "learner": learner, "winner": winner, "why": why,
+                        "recommended_seconds": t_build + t_score, "build_seconds": t_build,
+                        "score_seconds": t_score, "hostcp_seconds": hostcp_s,
+                        "shared_seconds": json.dumps({p: round(t, 2) for p, t in
+                                                      shared["seconds"].items()}),
+                        "n_suspected": int(suspect.sum()),
+                        "suspected_flip_precision": float(flip_mask[suspect].mean())
+                        if suspect.any() else float("nan"),
+                        "validation": json.dumps({c: round(scores[c]["mean"], 4)
+                                                  for c in cands})})
+        print(f"  [{dataset} s{seed} {condition} {fraction:.2f} {learner}] winner {winner}: "
+              f"holdout {hold_acc[winner]:.3f} random {hold_acc['random']:.3f} hostcp "
+              f"{hold_acc.get('hostcp', float('nan')):.3f}; {t_build + t_score:.1f}s "
+              f"(hostcp {hostcp_s:.1f}s)", flush=True)
+    _append(rows_path, rows)
+    _append(choices_path, choices)
+
+
+def full_rows(args, dataset, seed, condition, data, path: Path) -> None:
+    train, _, hold, flipped = data
+    rows = []
+    for learner in args.learners:
+        seeds = [1000 + seed + r for r in range(1 if learner == "logreg" else args.repeats)]
+        acc = holdout_accuracy(learner, train, np.arange(train.n), hold, seeds, args.eval_epochs)
+        rows.append({"dataset": dataset, "seed": seed, "condition": condition, "fraction": 1.0,
+                     "learner": learner, "method": "full", "holdout_accuracy": acc,
+                     "validation_accuracy": np.nan,
+                     "flipped_share": len(flipped) / train.n, "n_selected": train.n,
+                     "winner": ""})
+    _append(path, rows)
+
+
+def _append(path: Path, rows: list[dict]) -> None:
+    df = pd.DataFrame(rows)
+    df.to_csv(path, mode="a", header=not path.exists(), index=False)
+
+
+def done_keys(path: Path) -> set:
+    if not path.exists():
+        return set()
+    d = pd.read_csv(path)
+    return set(zip(d["dataset"], d["seed"], d["condition"], d["fraction"].round(4),
+                   strict=True))
+
+
+def run(args) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    suffix = f"_{args.part}" if args.part else ""
+    rows_path, choices_path = out / f"rows{suffix}.csv", out / f"choices{suffix}.csv"
+    done = done_keys(rows_path)
+    # fractions in the given order across all datasets: the first (20%) completes first
+    for fraction in args.fractions:
+        for dataset in args.datasets:
+            for seed in args.seeds:
+                n_tr, n_te = SKLEARN.get(dataset, (args.n_train, args.n_test))
+                train, test = load(dataset, seed, n_tr, n_te)
+                valuation, hold = split_test(test, 1 / 3, seed=seed)
+                noisy, flipped = flip_labels(train, 0.1, seed=seed)
+                for condition, tr, fl in (("clean", train, np.zeros(0, np.int64)),
+                                          ("flipped", noisy, flipped)):
+                    data = (tr, valuation, hold, fl)
+                    if (dataset, seed, condition, 1.0) not in done:
+                        full_rows(args, dataset, seed, condition, data, rows_path)
+                        done.add((dataset, seed, condition, 1.0))
+                    if (dataset, seed, condition, round(fraction, 4)) in done:
+                        continue
+                    print(f"[{dataset} seed={seed} {condition} γ={fraction}] train {tr.n}x"
+                          f"{tr.n_features}, {tr.n_classes} classes; selection+validation "
+                          f"{valuation.n}, held out {hold.n}", flush=True)
+                    run_one(args, dataset, seed, condition, fraction, data, rows_path,
+                            choices_path)
+
+
+# ---------------------------------------------------------------- the report
+
+def paired(d: pd.DataFrame, a: str, b: str) -> tuple[float, float, int]:
+    """Mean and standard error of holdout(a) − holdout(b), paired over seeds."""
+    piv = d.pivot_table(index="seed", columns="method", values="holdout_accuracy")
+    if a not in piv or b not in piv:
+        return float("nan"), float("nan"), 0
+    diff = (piv[a] - piv[b]).dropna()
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    return float(diff.mean()), se, len(diff)
+
+
+def report(out: Path) -> str:
+    # parallel runs write rows_<part>.csv each
+    rows = pd.concat([pd.read_csv(p) for p in sorted(out.glob("rows*.csv"))],
+                     ignore_index=True)
+    ch = pd.concat([pd.read_csv(p) for p in sorted(out.glob("choices*.csv"))],
+                   ignore_index=True)
+    full = rows[rows["method"] == "full"]
+    sub = rows[rows["method"] != "full"]
+    L = []
+    fr = sorted(sub["fraction"].unique())
+    for frac in fr:
+        d = sub[np.isclose(sub["fraction"], frac)]
+        L += [f"#### {frac:.0%} subsets", "",
+              "| dataset | labels | learner | seeds | recommended | vs random | vs best single "
+              "(which) | vs full set | flipped share (rec / random) | winners |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for (ds, cond, lr), g in d.groupby(["dataset", "condition", "learner"], sort=False):
+            rec = g[g["method"] == "recommended"]["holdout_accuracy"]
+            means = g[g["method"].isin(SINGLE)].groupby("method")["holdout_accuracy"].mean()
+            best = means.idxmax() if len(means) else None
+            mr, sr, n = paired(g, "recommended", "random")
+            mb, sb, _ = paired(g, "recommended", best) if best else (np.nan, np.nan, 0)
+            f = full[(full["dataset"] == ds) & (full["condition"] == cond)
+                     & (full["learner"] == lr)]
+            gf = pd.concat([g[g["method"] == "recommended"], f.assign(seed=f["seed"])])
+            mf, sf, _ = paired(gf, "recommended", "full")
+            fs = g[g["method"] == "recommended"]["flipped_share"].mean()
+            fsr = g[g["method"] == "random"]["flipped_share"].mean()
+            win = g[g["method"] == "recommended"]["winner"].value_counts()
+            L.append(f"| {ds} | {cond} | {lr} | {n} | {rec.mean():.3f} | {100 * mr:+.1f} ± "
+                     f"{100 * sr:.1f} | {100 * mb:+.1f} ± {100 * sb:.1f} ({best}) | "
+                     f"{100 * mf:+.1f} ± {100 * sf:.1f} | {fs:.3f} / {fsr:.3f} | "
+                     + ", ".join(f"{w} ×{c}" for w, c in win.items()) + " |")
+        L.append("")
+    # run time per dataset (one recommendation, one learner, at each fraction)
+    L += ["#### Run time per dataset (seconds, mean over seeds, conditions and fractions)", "",
+          "| dataset | learner | recommended (build + score) | HOST-CP alone (same size) | "
+          "ratio (max over runs) |", "|---|---|---|---|---|"]
+    for (ds, lr), g in ch.groupby(["dataset", "learner"], sort=False):
+        ratio = g["recommended_seconds"] / g["hostcp_seconds"]
+        L.append(f"| {ds} | {lr} | {g['recommended_seconds'].mean():.1f} | "
+                 f"{g['hostcp_seconds'].mean():.1f} | {ratio.mean():.2f} ({ratio.max():.2f}) |")
+    L.append("")
+    return "\n".join(L)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=list(PAPER) + list(SKLEARN))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.2, 0.05, 0.1, 0.5])
+    ap.add_argument("--learners", nargs="+", default=["logreg", "mlp"])
+    ap.add_argument("--n-train", type=int, default=500)
+    ap.add_argument("--n-test", type=int, default=1000)
+    ap.add_argument("--n-seeds", type=int, default=3, help="trainings per candidate (MLP)")
+    ap.add_argument("--select-epochs", type=int, default=30, help="MLP epochs when choosing")
+    ap.add_argument("--eval-epochs", type=int, default=60, help="MLP epochs on the held-out")
+    ap.add_argument("--repeats", type=int, default=2, help="MLP trainings per held-out score")
+    ap.add_argument("--out", default=str(ROOT / "results" / "recommended"))
+    ap.add_argument("--part", default="", help="suffix of this process's CSVs (parallel runs)")
+    ap.add_argument("--report-only", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    import torch
+
+    args = parse(argv)
+    torch.set_num_threads(1)   # shared machine: every fit and training is serial
+    out = Path(args.out)
+    if not args.report_only:
+        t0 = time.perf_counter()
+        run(args)
+        print(f"done in {time.perf_counter() - t0:.0f}s", flush=True)
+    text = report(out)
+    (out / "REPORT.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
