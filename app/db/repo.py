@@ -246,3 +246,40 @@ def list_method_points(session: Session, *, job_id: str, method: str, after: int
     if limit is not None:
         q = q.limit(limit)
     return session.execute(q).all()
+
+
+# --- result rows in keyset batches (downloads) ------------------------------------------------
+# Plain column rows, no ORM objects: a download of 10⁶ rows reads them batch by batch, each
+# batch one short query ``key > last key ORDER BY key LIMIT n`` (no OFFSET, no identity map).
+
+_POINT_COLUMNS = (PointResult.point_index, PointResult.point_id, PointResult.score,
+                  PointResult.rank, PointResult.selected, PointResult.given_label,
+                  PointResult.suggested_label, PointResult.mislabel_score,
+                  PointResult.mislabel_rank, PointResult.suspected_mislabel)
+
+
+def point_rows(session: Session, *, job_id: str, order: str, after: int | None, limit: int,
+               selected_only: bool = False, suspected_only: bool = False) -> Sequence:
+    """One keyset batch of ``job_points`` as column rows carrying a ``PointResult``'s attribute
+    names, in the order (and with the filters) of ``list_points``."""
+    col = PointResult.point_index if order == "index" else PointResult.mislabel_rank
+    q = select(*_POINT_COLUMNS).where(PointResult.job_id == job_id)
+    if selected_only:
+        q = q.where(PointResult.selected.is_(True))
+    if suspected_only:
+        q = q.where(PointResult.suspected_mislabel.is_(True))
+    if after is not None:
+        q = q.where(col > after)
+    return session.execute(q.order_by(col).limit(limit)).all()
+
+
+def curve_rows(session: Session, *, job_id: str, after: tuple[str, int] | None,
+               limit: int) -> Sequence:
+    """One keyset batch of ``job_curves`` as column rows, in ``list_curves``'s order."""
+    q = select(CurvePoint.curve, CurvePoint.step, CurvePoint.fraction, CurvePoint.n_points,
+               CurvePoint.value).where(CurvePoint.job_id == job_id)
+    if after is not None:
+        curve, step = after
+        q = q.where(or_(CurvePoint.curve > curve,
+                        and_(CurvePoint.curve == curve, CurvePoint.step > step)))
+    return session.execute(q.order_by(CurvePoint.curve, CurvePoint.step).limit(limit)).all()

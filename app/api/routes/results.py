@@ -1,13 +1,20 @@
-"""/v1/jobs/{id}/subset, /values, /mislabels, /curves: JSON pages or whole CSV/Parquet files."""
+"""/v1/jobs/{id}/subset, /values, /mislabels, /curves: JSON pages or whole CSV/Parquet files.
+
+Pages and files read the same keyset batches (``key > last key ORDER BY key LIMIT n``). A file
+is streamed: each batch of rows becomes CSV text or one Parquet row group and is sent before the
+next batch is read, so a download's memory does not grow with the number of rows.
+"""
 
 from __future__ import annotations
 
+import csv
 import io
 import math
+from collections.abc import Callable, Iterator
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
-from fastapi.responses import Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep
 from app.api.pagination import clamp_page_size, decode_token, encode_token
@@ -17,7 +24,7 @@ from app.core import problems
 from app.core.problems import Problem
 from app.db import repo
 from app.db.models import Job, JobStatus
-from worker.valuation import COMPARE
+from app.jobs.methods import COMPARE
 
 router = APIRouter(prefix="/v1/jobs", tags=["results"])
 
@@ -79,81 +86,169 @@ def _curve_row(c) -> dict:
             "value": _num(c.value)}
 
 
-def _file(rows: list[dict], columns: list[str], fmt: str, name: str) -> Response:
-    import pandas as pd
+# rows per batch of a download: a few MB of Python objects at a time
+DOWNLOAD_BATCH = 5000
 
-    frame = pd.DataFrame(rows, columns=columns)
+# Parquet column types, fixed up front (a batch's own inference would vary with its NULLs)
+_ARROW_TYPES = {"index": "int64", "id": "string", "score": "float64", "rank": "int64",
+                "selected": "bool", "label": "string", "given_label": "string",
+                "suggested_label": "string", "suspected": "bool", "curve": "string",
+                "step": "int64", "fraction": "float64", "n_points": "int64", "value": "float64"}
+
+
+class _Chunks(io.RawIOBase):
+    """A write-only file that hands over what was written so far (Parquet's output)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self._buf += b
+        self._pos += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def take(self) -> bytes:
+        out = bytes(self._buf)
+        self._buf.clear()
+        return out
+
+
+def _csv_chunks(batches: Iterator[list[dict]], columns: list[str]) -> Iterator[bytes]:
+    # csv writes None as an empty field and floats with repr, as pandas' to_csv did
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for rows in batches:
+        writer.writerows([r[c] for c in columns] for r in rows)
+        yield buf.getvalue().encode()
+        buf.seek(0)
+        buf.truncate()
+    if buf.tell():
+        yield buf.getvalue().encode()
+
+
+def _parquet_chunks(batches: Iterator[list[dict]], columns: list[str]) -> Iterator[bytes]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, _ARROW_TYPES[c]) for c in columns])
+    sink = _Chunks()
+    writer = pq.ParquetWriter(sink, schema)
+    try:
+        wrote = False
+        for rows in batches:  # one row group per batch
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            wrote = True
+            yield sink.take()
+        if not wrote:  # an empty listing is still a readable file with the columns
+            writer.write_table(schema.empty_table())
+    finally:
+        writer.close()
+    yield sink.take()
+
+
+def _file(batches: Iterator[list[dict]], columns: list[str], fmt: str,
+          name: str) -> StreamingResponse:
     if fmt == "csv":
-        return Response(frame.to_csv(index=False), media_type="text/csv; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    return Response(buf.getvalue(), media_type="application/vnd.apache.parquet",
-                    headers={"Content-Disposition": f'attachment; filename="{name}.parquet"'})
+        return StreamingResponse(_csv_chunks(batches, columns),
+                                 media_type="text/csv; charset=utf-8",
+                                 headers={"Content-Disposition":
+                                          f'attachment; filename="{name}.csv"'})
+    return StreamingResponse(_parquet_chunks(batches, columns),
+                             media_type="application/vnd.apache.parquet",
+                             headers={"Content-Disposition":
+                                      f'attachment; filename="{name}.parquet"'})
 
 
-def _point_listing(session, settings, principal, job_id, *, kind, order, row, columns,
+def _keyset_batches(sessionmaker, fetch: Callable, key: Callable,
+                    row: Callable) -> Iterator[list[dict]]:
+    """``fetch(session, after, limit)`` batch after batch, each in its own short session (no
+    transaction or connection is held while the client reads), until a short batch."""
+    after, size = None, DOWNLOAD_BATCH
+    while True:
+        with sessionmaker() as session:
+            rows = fetch(session, after, size)
+        if rows:
+            yield [row(r) for r in rows]
+            after = key(rows[-1])
+        if len(rows) < size:
+            return
+
+
+def _point_listing(request, session, settings, principal, job_id, *, kind, order, row, columns,
                    fmt, page_size, page_token, selected_only=False, suspected_only=False,
                    method=None):
     job = _finished_job(session, principal.id, job_id)
     compared = _compared(job, method)
+    ident = job.id  # read now: a file's batches run after the request's session is closed
 
-    def fetch(after, limit):
+    def fetch(s, after, limit):
         if compared is not None:  # rows in index order, as "values" and "subset" list them
-            return repo.list_method_points(session, job_id=job.id, method=compared,
-                                           after=after, limit=limit,
-                                           selected_only=selected_only)
-        return repo.list_points(session, job_id=job.id, order=order, after=after, limit=limit,
-                                selected_only=selected_only, suspected_only=suspected_only)
+            return repo.list_method_points(s, job_id=ident, method=compared, after=after,
+                                           limit=limit, selected_only=selected_only)
+        return repo.point_rows(s, job_id=ident, order=order, after=after, limit=limit,
+                               selected_only=selected_only, suspected_only=suspected_only)
+
+    def key(p):
+        return p.point_index if order == "index" or compared is not None else p.mislabel_rank
 
     if fmt != "json":
-        rows = [row(p) for p in fetch(None, None)]
         name = f"{job.id}-{kind}" + (f"-{compared}" if compared else "")
-        return _file(rows, columns, fmt, name)
+        return _file(_keyset_batches(request.app.state.sessionmaker, fetch, key, row),
+                     columns, fmt, name)
     size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
     scope = f"{kind}:{job.id}:{principal.id}:{int(suspected_only)}:{compared or ''}"
     after = decode_token(settings.secret_key, scope, page_token) if page_token else None
-    points = fetch(after, size + 1)
+    points = fetch(session, after, size + 1)
     token = None
     if len(points) > size:
         points = points[:size]
-        last = points[-1]
-        token = encode_token(settings.secret_key, scope,
-                             last.point_index if order == "index" else last.mislabel_rank)
+        token = encode_token(settings.secret_key, scope, key(points[-1]))
     return {"items": [row(p) for p in points], "next_page_token": token}
 
 
 @router.get("/{job_id}/values", response_model=ValuesPage, response_model_exclude_none=False)
-def get_values(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+def get_values(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep,
                format: Format = "json", page_size: PageSize = None, page_token: PageToken = None,
                method: MethodQuery = None):
     """A value for every training point (higher = more valuable), in row order; for a
     comparison job, the first method's, or ``method``'s."""
-    return _point_listing(session, settings, principal, job_id, kind="values", order="index",
+    return _point_listing(request, session, settings, principal, job_id, kind="values",
+                          order="index",
                           row=_value_row, fmt=format, page_size=page_size, page_token=page_token,
                           method=method,
                           columns=["index", "id", "score", "rank", "selected", "label"])
 
 
 @router.get("/{job_id}/subset", response_model=SubsetPage)
-def get_subset(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+def get_subset(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep,
                format: Format = "json", page_size: PageSize = None, page_token: PageToken = None,
                method: MethodQuery = None):
     """The selected high-value subset (⌈fraction·n⌉ rows), in row order; for a comparison job,
     the first method's, or ``method``'s."""
-    return _point_listing(session, settings, principal, job_id, kind="subset", order="index",
+    return _point_listing(request, session, settings, principal, job_id, kind="subset",
+                          order="index",
                           row=_subset_row, fmt=format, page_size=page_size,
                           page_token=page_token, selected_only=True, method=method,
                           columns=["index", "id", "score", "rank", "label"])
 
 
 @router.get("/{job_id}/mislabels", response_model=MislabelsPage)
-def get_mislabels(job_id: str, session: SessionDep, settings: SettingsDep,
+def get_mislabels(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
                   principal: PrincipalDep, format: Format = "json", page_size: PageSize = None,
                   page_token: PageToken = None,
                   suspected_only: Annotated[bool, Query()] = False):
     """The mislabel report, most suspect first (cleanlab-style columns)."""
-    return _point_listing(session, settings, principal, job_id, kind="mislabels",
+    return _point_listing(request, session, settings, principal, job_id, kind="mislabels",
                           order="mislabel_rank", row=_mislabel_row, fmt=format,
                           page_size=page_size, page_token=page_token,
                           suspected_only=suspected_only,
@@ -162,7 +257,8 @@ def get_mislabels(job_id: str, session: SessionDep, settings: SettingsDep,
 
 
 @router.get("/{job_id}/curves", response_model=CurvesPage)
-def get_curves(job_id: str, session: SessionDep, settings: SettingsDep, principal: PrincipalDep,
+def get_curves(job_id: str, request: Request, session: SessionDep, settings: SettingsDep,
+               principal: PrincipalDep,
                format: Format = "json", page_size: PageSize = None, page_token: PageToken = None):
     """Held-out accuracy of a model trained on the top fraction by value (``addition``), on a
     random fraction (``random``), and on the selected subset (``subset``). A comparison job
@@ -170,14 +266,17 @@ def get_curves(job_id: str, session: SessionDep, settings: SettingsDep, principa
     ``<method>:flips`` (fraction of the flips found among the lowest-valued fraction)."""
     job = _finished_job(session, principal.id, job_id)
     columns = ["curve", "step", "fraction", "n_points", "value"]
+    ident = job.id
     if format != "json":
-        rows = [_curve_row(c) for c in repo.list_curves(session, job_id=job.id, after=None,
-                                                          limit=None)]
-        return _file(rows, columns, format, f"{job.id}-curves")
+        batches = _keyset_batches(
+            request.app.state.sessionmaker,
+            lambda s, after, limit: repo.curve_rows(s, job_id=ident, after=after, limit=limit),
+            lambda c: (c.curve, c.step), _curve_row)
+        return _file(batches, columns, format, f"{ident}-curves")
     size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
     scope = f"curves:{job.id}:{principal.id}"
     after = tuple(decode_token(settings.secret_key, scope, page_token)) if page_token else None
-    rows = repo.list_curves(session, job_id=job.id, after=after, limit=size + 1)
+    rows = repo.curve_rows(session, job_id=job.id, after=after, limit=size + 1)
     token = None
     if len(rows) > size:
         rows = rows[:size]
