@@ -1,8 +1,11 @@
-"""Service commands for the ``hostcp`` CLI: serve, worker, keys create, migrate, remote ...
+"""The ``hostcp`` command line, composed here (the one place that sees every layer): the
+library's own commands (``hostcp value``, from ``hostcp_core.cli``) and the service's (serve,
+worker, keys create, migrate, remote ...). Every command sets ``func``, so ``args.func(args)``
+runs it.
 
-The core CLI (``hostcp_core.cli``) owns ``hostcp value`` and adds these with
-``importlib.import_module("app.cli").register(subparsers)``; every command sets ``func``, so
-``args.func(args)`` runs it. ``python -m app.cli ...`` works on its own too.
+The service commands import what they use inside themselves: ``hostcp value`` must start
+without FastAPI, SQLAlchemy or Celery (the service extra is optional), and no command pays for
+another's imports.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from hostcp_core import cli as library_cli
 
 
 def register(subparsers) -> None:
@@ -342,11 +347,17 @@ def cmd_remote_value(args) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hostcp", description="Data valuation with HOST-CP "
+                                     "and the strongest data valuers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    library_cli.register(sub)
+    register(sub)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="hostcp", description="hostcp service commands")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return library_cli.run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from app.api.routes import dashboard, datasets, health, jobs, plots, results, se
 from app.core.config import Settings, get_settings
 from app.db.migrate import ensure_schema
 from app.db.session import session_factory
+from app.jobs import dispatch
+from worker.runner import InProcessRunner, RunnerWakeup
 
 log = logging.getLogger("hostcp.api")
 
@@ -23,11 +25,9 @@ log = logging.getLogger("hostcp.api")
 async def _reaper(settings: Settings) -> None:
     """Server mode: periodically re-enqueue queued jobs whose message may be lost and jobs whose
     worker died (expired lease)."""
-    from worker.dispatch import requeue_lost
-
     while True:
         try:
-            await run_in_threadpool(requeue_lost, settings)
+            await run_in_threadpool(dispatch.requeue_lost, settings)
         except Exception:
             log.warning("reaper pass failed", exc_info=True)
         await asyncio.sleep(settings.reaper_interval_s)
@@ -41,15 +41,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.auth == "disabled":
         log.warning("HOSTCP_AUTH=disabled: every request acts as one local user")
     runner, reaper = None, None
+    # this is the API process's composition root: it installs the transport the API hands
+    # jobs to (the only place the API side meets worker/)
     if settings.embedded:
         if settings.embedded_runner:
-            from worker.dispatch import set_embedded_notifier
-            from worker.runner import InProcessRunner
-
             runner = InProcessRunner(settings).start()
-            set_embedded_notifier(runner.notify)
             app.state.runner = runner
+        dispatch.install(RunnerWakeup(runner.notify if runner is not None else None))
     else:
+        # importing it builds the Celery app: server mode only
+        from worker.celery_app import CeleryTransport
+
+        dispatch.install(CeleryTransport(settings))
         reaper = asyncio.create_task(_reaper(settings))
     try:
         yield
@@ -58,10 +61,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
+        dispatch.install(None)
         if runner is not None:
-            from worker.dispatch import set_embedded_notifier
-
-            set_embedded_notifier(None)
             await run_in_threadpool(runner.stop)
 
 

@@ -141,7 +141,8 @@ def _run_job(settings, owner_id: int, train_id: str, test_id: str, params: dict,
     from app.db import repo
     from app.db.models import Job, JobStatus, PointResult
     from app.db.session import session_scope
-    from worker.dispatch import enqueue
+    from app.jobs import dispatch
+    from worker.celery_app import CeleryTransport
 
     with session_scope(settings) as s:
         job = repo.create_job(s, owner_id=owner_id, train_dataset_id=train_id,
@@ -149,7 +150,8 @@ def _run_job(settings, owner_id: int, train_id: str, test_id: str, params: dict,
                               fraction=0.2, seed=0, queue=settings.queue_cpu, max_attempts=3)
         job_id = job.id
     t0 = time.perf_counter()
-    assert enqueue(job_id, settings.queue_cpu, settings), "could not enqueue"
+    dispatch.install(CeleryTransport(settings))  # this process sends as the API would
+    assert dispatch.enqueue(job_id, settings.queue_cpu), "could not enqueue"
     deadline = time.monotonic() + timeout
     while True:
         with session_scope(settings) as s:

@@ -1,13 +1,13 @@
-"""The ``hostcp`` command line. ``hostcp value`` values a training set for a test set.
+"""The library's command: ``hostcp value`` values a training set for a test set.
 
-Service commands (``serve``, ``worker``, ``keys``, ``remote`` …) are added by ``app.cli`` when the
-service extra is installed; this module never imports it at module level.
+``register(subparsers)`` adds it to a parser; the installed ``hostcp`` command is composed in
+``app.cli`` (the library's commands plus the service's). ``python -m hostcp_core.cli`` runs the
+library's commands alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
 import sys
@@ -139,10 +139,8 @@ def _write_outputs(out: Path, result, ids, summary: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hostcp", description="Data valuation with HOST-CP "
-                                     "and the strongest data valuers.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def register(sub) -> None:
+    """Add the library's commands to ``sub`` (an argparse subparsers object)."""
     p = sub.add_parser("value", help="value a training set for a test set")
     p.add_argument("--train", required=True, help="training file (CSV, Parquet, NPZ, LIBSVM) "
                    "or sample:train")
@@ -161,23 +159,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_value)
-    try:
-        importlib.import_module("app.cli").register(sub)
-    except ModuleNotFoundError as exc:  # the service extra is not installed
-        if (exc.name or "").split(".")[0] not in {"app", "fastapi", "sqlalchemy", "celery",
-                                                  "uvicorn", "pydantic_settings"}:
-            raise
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hostcp", description="Data valuation with HOST-CP "
+                                     "and the strongest data valuers.")
+    register(parser.add_subparsers(dest="command", required=True))
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; bad input ends with a one-line error and exit code 2."""
     try:
         return int(args.func(args) or 0)
     except (DataError, ValueError) as exc:
         print(f"hostcp: error: {exc}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,1 +1,3 @@
-"""Job orchestration: ``run_job(job_id)`` and its two transports (in-process runner, Celery)."""
+"""The execution transports: the embedded runner (``worker.runner``) and Celery
+(``worker.celery_app``, ``worker.tasks``). Each takes a job id and calls
+``app.jobs.run_job.run_job``; the job's logic lives in ``app.jobs``."""

@@ -11,6 +11,8 @@ from celery.signals import worker_process_init, worker_ready
 from kombu import Queue
 
 from app.core.config import Settings, get_settings
+from app.db.session import dispose_engines
+from app.jobs import dispatch
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -46,6 +48,18 @@ def get_celery(settings: Settings | None = None) -> Celery:
     return _celery_for(settings.model_dump_json())
 
 
+class CeleryTransport:
+    """The server-mode transport (``app.jobs.dispatch.Transport``): a Celery message on the
+    job's queue, carrying only ids."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def send(self, task: str, args: list, *, queue: str, task_id: str | None = None) -> None:
+        get_celery(self.settings).send_task(task, args=args, queue=queue, task_id=task_id,
+                                            ignore_result=True)
+
+
 # `celery -A worker.celery_app worker` finds this.
 celery_app = get_celery()
 app = celery_app
@@ -53,17 +67,16 @@ app = celery_app
 
 @worker_process_init.connect
 def _fresh_connections(**_kw) -> None:
-    # prefork children must not share the parent's database connections
-    from app.db.session import dispose_engines
-
+    # prefork children must not share the parent's database connections; they send through
+    # Celery (a TMC-Shapley coordinator asks helpers for chunks)
     dispose_engines()
+    dispatch.install(CeleryTransport(get_settings()))
 
 
 @worker_ready.connect
 def _reap_on_start(**_kw) -> None:
-    from worker.dispatch import requeue_lost
-
+    dispatch.install(CeleryTransport(get_settings()))
     try:
-        requeue_lost(get_settings())
+        dispatch.requeue_lost(get_settings())
     except Exception:  # the API's reaper will try again
         pass

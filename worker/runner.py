@@ -10,11 +10,28 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+from collections.abc import Callable
 from typing import Any
 
-from app.core.config import Settings
+from app.core.config import Settings, configure
+from app.db import repo
+from app.db.session import session_scope
+from app.jobs.run_job import run_job, worker_identity
 
 log = logging.getLogger(__name__)
+
+
+class RunnerWakeup:
+    """The embedded transport (``app.jobs.dispatch.Transport``): a job message only wakes the
+    runner, which reads the job table itself. With no runner in this process (``serve
+    --workers``: one shared runner) it does nothing; the runner finds the job at its next poll."""
+
+    def __init__(self, notify: Callable[[], None] | None = None) -> None:
+        self.notify = notify
+
+    def send(self, task: str, args: list, *, queue: str, task_id: str | None = None) -> None:
+        if self.notify is not None:
+            self.notify()
 
 
 class InProcessRunner:
@@ -58,8 +75,6 @@ class InProcessRunner:
 def runner_main(settings_data: dict[str, Any], wake, stop) -> None:
     """The runner process's loop (also usable in the foreground: ``hostcp worker`` without a
     broker)."""
-    from app.core.config import configure
-
     settings = Settings(**settings_data)
     configure(settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s runner %(levelname)s %(message)s")
@@ -67,10 +82,6 @@ def runner_main(settings_data: dict[str, Any], wake, stop) -> None:
 
 
 def serve_forever(settings: Settings, *, wake_wait, clear, stopping) -> None:
-    from app.db import repo
-    from app.db.session import session_scope
-    from worker.run_job import run_job, worker_identity
-
     worker_id = worker_identity()
     while not stopping():
         try:

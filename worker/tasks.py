@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from celery.signals import worker_process_init
 
+from app.jobs import dispatch
+from app.jobs.run_job import run_job
+from app.jobs.shapley_chunks import run_helper_chunk
 from worker.celery_app import celery_app
 
 
-@celery_app.task(name="hostcp.run_job", ignore_result=True, acks_late=True)
+@celery_app.task(name=dispatch.RUN_JOB, ignore_result=True, acks_late=True)
 def run_job_task(job_id: str) -> str:
-    from worker.run_job import run_job
-
     return run_job(job_id)
 
 
-@celery_app.task(name="hostcp.shapley_chunk", ignore_result=True, acks_late=True)
+@celery_app.task(name=dispatch.SHAPLEY_CHUNK, ignore_result=True, acks_late=True)
 def shapley_chunk_task(job_id: str, chunk_index: int, key: str, part: int | None = None) -> str:
-    from worker.shapley_chunks import run_helper_chunk
-
     return run_helper_chunk(job_id, chunk_index, key, part)
 
 
@@ -30,5 +29,3 @@ def _preload(**_kw) -> None:
     import sklearn.multiclass  # noqa: F401
 
     import hostcp_core.valuers.tmc_shapley  # noqa: F401
-    import worker.run_job  # noqa: F401
-    import worker.shapley_chunks  # noqa: F401

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from worker.valuation import COMPARE, MAX_COMPARED
+from app.jobs.methods import COMPARE, MAX_COMPARED
 
 
 class DatasetPublic(BaseModel):

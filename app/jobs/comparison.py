@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from app.core.config import Settings
-from worker.progress import JobReporter
-from worker.valuation import build_valuers
+from app.jobs.data import jsonable
+from app.jobs.methods import build_valuers
+from app.jobs.progress import JobReporter
 
 # the paper's class-distribution figure looks at the top 5 % by value
 TOP_FRACTION = 0.05
@@ -85,8 +86,6 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         rank_values,
         removal_curve,
     )
-    from worker.run_job import _jsonable
-
     valuers = build_valuers(methods, fraction=fraction, seed=seed, params=params)
     flipped = None
     if inject_flips:
@@ -141,7 +140,7 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
             "top_classes": {"fractions": classes["fractions"], "counts": classes["counts"],
                             "n_top": classes["n_top"], "n_distinct": classes["n_distinct"],
                             "entropy": classes["entropy"]},
-            "method_params": _jsonable(result.params), "extra": _jsonable(result.extra)}
+            "method_params": jsonable(result.params), "extra": jsonable(result.extra)}
         if flipped is not None:
             found = flips_found_curve(rv, flipped, INSPECT_FRACTIONS)
             curves += [{"curve": f"{method}:flips", "step": step, "fraction": float(r.fraction),
@@ -156,7 +155,7 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
                 "flip_recall": det["recall"],
                 "flip_roc_auc": flip_detection_scores(rv, flipped)["roc_auc"],
                 "ndcg": ndcg_at_k(rv, flipped)})
-        records.append(_jsonable(rec))
+        records.append(jsonable(rec))
 
     result, order = first
     reporter.phase("mislabels")

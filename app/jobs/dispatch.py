@@ -1,36 +1,58 @@
-"""Hand a committed job to its transport: the embedded runner or Celery. Only the job id
-travels; the row was committed first, so the worker always finds it."""
+"""The dispatch interface: how the job domain and the API hand work to whatever runs it.
+
+Only ids travel; the row was committed first, so the receiver always finds it. The transport is
+installed by the process's composition root (the app factory, ``hostcp serve``/``worker``, the
+Celery worker process): the embedded runner's wake-up (``worker.runner``) or Celery
+(``worker.celery_app``). Nothing here knows which.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from typing import Protocol
 
 from app.core.config import Settings
+from app.db import repo
+from app.db.session import session_scope
 
 log = logging.getLogger(__name__)
 
-# In embedded mode the API's lifespan registers the runner's wake-up here.
-_embedded_notify: Callable[[], None] | None = None
+# the names the transports route on (Celery task names)
+RUN_JOB = "hostcp.run_job"
+SHAPLEY_CHUNK = "hostcp.shapley_chunk"
 
 
-def set_embedded_notifier(fn: Callable[[], None] | None) -> None:
-    global _embedded_notify
-    _embedded_notify = fn
+class Transport(Protocol):
+    def send(self, task: str, args: list, *, queue: str, task_id: str | None = None) -> None:
+        """Hand one message over; raise when it could not be."""
 
 
-def enqueue(job_id: str, queue: str, settings: Settings) -> bool:
-    """True when the message was handed over; False leaves the job for the reaper (queued jobs
-    are re-enqueued on start-up and periodically)."""
-    if settings.embedded:
-        if _embedded_notify is not None:
-            _embedded_notify()
-        return True  # the runner polls the table, so a missed wake-up only adds latency
+_transport: Transport | None = None
+
+
+def install(transport: Transport | None) -> None:
+    """Make ``transport`` this process's (None removes it)."""
+    global _transport
+    _transport = transport
+
+
+def installed() -> Transport | None:
+    return _transport
+
+
+def send(task: str, args: list, *, queue: str, task_id: str | None = None) -> None:
+    """Send through the installed transport; RuntimeError when none is installed."""
+    if _transport is None:
+        raise RuntimeError("no job transport installed in this process (the app factory, the "
+                           "runner or the Celery worker installs one)")
+    _transport.send(task, args, queue=queue, task_id=task_id)
+
+
+def enqueue(job_id: str, queue: str) -> bool:
+    """True when the job's message was handed over; False leaves the job for the reaper
+    (queued jobs are re-enqueued on start-up and periodically)."""
     try:
-        from worker.celery_app import get_celery
-
-        get_celery(settings).send_task("hostcp.run_job", args=[job_id], queue=queue,
-                                       task_id=job_id, ignore_result=True)
+        send(RUN_JOB, [job_id], queue=queue, task_id=job_id)
         return True
     except Exception:
         log.warning("could not enqueue job %s; the reaper will retry", job_id, exc_info=True)
@@ -39,14 +61,11 @@ def enqueue(job_id: str, queue: str, settings: Settings) -> bool:
 
 def requeue_lost(settings: Settings) -> list[str]:
     """Re-enqueue jobs whose message may be lost (the reaper); returns their ids."""
-    from app.db import repo
-    from app.db.session import session_scope
-
     with session_scope(settings) as s:
         lost = repo.jobs_to_requeue(s, requeue_after_s=settings.requeue_after_s)
     sent = []
     for job_id, queue in lost:
-        if enqueue(job_id, queue, settings):
+        if enqueue(job_id, queue):
             with session_scope(settings) as s:
                 repo.mark_enqueued(s, job_id=job_id)
             sent.append(job_id)

@@ -1,5 +1,6 @@
-"""Turning a job's method and parameters into a hostcp_core valuer (shared with the API's
-up-front validation, so a job is refused before it is queued, not after)."""
+"""The methods a job may name, and turning a job's method and parameters into a hostcp_core
+valuer (shared by the API's up-front validation, so a job is refused before it is queued, not
+after, and by the stages that run it)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import importlib
 import inspect
 from typing import Any
 
+from hostcp_core import METHODS, available_methods, get_valuer
+
 RESERVED = ("fraction", "seed")
 
 
 def build_valuer(method: str, *, fraction: float, seed: int, params: dict[str, Any]):
     """A configured valuer; ValueError (user-facing) for an unknown method or parameter."""
-    from hostcp_core import METHODS, available_methods, get_valuer
-
     clash = sorted(set(RESERVED) & set(params))
     if clash:
         raise ValueError(f"give {', '.join(clash)} as top-level job field(s), not in params")

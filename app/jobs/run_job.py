@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-import numpy as np
 from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -25,9 +24,12 @@ from app.core.config import Settings, get_settings
 from app.db.models import CurvePoint, DatasetRecord, Job, JobStatus, MethodPoint, PointResult
 from app.db.session import session_scope
 from app.db.types import utcnow
-from app.storage import Storage, arrays_dataset
-from worker.progress import Interrupted, JobReporter
-from worker.valuation import COMPARE, build_valuer
+from app.jobs.comparison import run_comparison
+from app.jobs.data import jsonable, load_job_data
+from app.jobs.methods import COMPARE, build_valuer
+from app.jobs.online_state import save_selector
+from app.jobs.progress import Interrupted, JobReporter
+from app.jobs.shapley_chunks import drop_if_finished, run_job_chunks
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,6 @@ def run_job(job_id: str, *, settings: Settings | None = None, worker_id: str | N
     finally:
         # a TMC-Shapley job's chunk files live until it is terminal, whoever ended it (this run,
         # or _claim closing out a job with no attempts left); a retry keeps and reuses them
-        from worker.shapley_chunks import drop_if_finished
-
         drop_if_finished(settings, job_id)
 
 
@@ -144,14 +144,6 @@ class _Outcome:
         self.__dict__.update(kw)
 
 
-def _load(settings: Settings, train_rec: DatasetRecord, test_rec: DatasetRecord):
-    store = Storage(settings.storage_root)
-    train = arrays_dataset(store.load_arrays(train_rec.array_path), name=train_rec.name)
-    test = arrays_dataset(store.load_arrays(test_rec.array_path), classes=train.classes,
-                          name=test_rec.name)
-    return train, test
-
-
 def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome:
     from hostcp_core import DataError, split_test
     from hostcp_core.evaluation import addition_curve, mislabel_report, random_order
@@ -168,7 +160,7 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
         on_gpu = job.queue == settings.queue_gpu
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    train, test = _load(settings, train_rec, test_rec)
+    train, test = load_job_data(settings, train_rec, test_rec)
     # Part of the test set drives valuation; a disjoint held-out part draws the curves, so the
     # curves do not measure subsets on the data that chose them.
     try:
@@ -182,9 +174,7 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
                "n_holdout": holdout.n, "curves_on": holdout_note}
     device = params.get("device", "cpu") if params.get("device") in ("cpu", "cuda") else "cpu"
 
-    if method == COMPARE:  # several methods on the same data: worker/comparison.py
-        from worker.comparison import run_comparison
-
+    if method == COMPARE:  # several methods on the same data: app/jobs/comparison.py
         out = run_comparison(job_id, settings, reporter, train=train, valuation=valuation_part,
                              holdout=holdout, methods=methods, params=params, fraction=fraction,
                              seed=seed, inject_flips=inject_flips,
@@ -196,16 +186,12 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
     t = time.perf_counter()
     valuer = build_valuer(method, fraction=fraction, seed=seed, params=params)
     if method == "tmc_shapley":  # permutation chunks spread over workers
-        from worker.shapley_chunks import run_job_chunks
-
         result = run_job_chunks(job_id, settings, valuer, train, valuation_part,
                                 reporter.callback)
     else:
         result = valuer.fit(train, valuation_part, progress=reporter.callback)
     timings["valuation_s"] = time.perf_counter() - t
     if method == "hostcp":  # keep what POST /v1/selectors/{job_id}/select needs
-        from worker.online_state import save_selector
-
         save_selector(settings, job_id, valuer, train, result.selected)
 
     reporter.phase("mislabels")
@@ -236,8 +222,8 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
 
     summary.update({"n_selected": int(len(result.selected)),
                     "n_suspected": int(report["suspected"].sum()),
-                    "method_params": _jsonable(result.params), "extra": _jsonable(result.extra),
-                    "method_timings": _jsonable(result.timings)})
+                    "method_params": jsonable(result.params), "extra": jsonable(result.extra),
+                    "method_timings": jsonable(result.timings)})
     return _Outcome(train=train, result=result, order=orders["addition"], report=report,
                     curves=curves, timings=timings, summary=summary, method_points=[])
 
@@ -341,19 +327,3 @@ def _release(job_id: str, worker_id: str, settings: Settings) -> str:
                   .values(status=JobStatus.QUEUED, lease_owner=None, lease_expires_at=None,
                           attempts=Job.attempts - 1, stage="queued", updated_at=utcnow()))
     return JobStatus.QUEUED
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None  # JSON has no NaN/inf
-    if isinstance(obj, np.ndarray):
-        return obj.tolist() if obj.size <= 100 else f"<array shape={obj.shape}>"
-    if isinstance(obj, float | int | str | bool) or obj is None:
-        return obj
-    return str(obj)

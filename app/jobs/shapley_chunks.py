@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from sqlalchemy import select
 
+from app.core.config import get_settings
+from app.db.models import DatasetRecord, Job, JobStatus
+from app.db.session import session_scope
+from app.jobs import dispatch
+from app.jobs.data import load_job_data
+from app.jobs.methods import build_valuer
+from app.storage import Storage
 from hostcp_core.progress import ProgressCallback, report
 
 log = logging.getLogger(__name__)
@@ -294,8 +302,6 @@ def part_size(valuer) -> int:
 
 
 def _job_root(settings, job_id: str) -> Path:
-    from app.storage import Storage
-
     return Storage(settings.storage_root).path(f"shapley/{job_id}")
 
 
@@ -314,11 +320,6 @@ def drop_if_finished(settings, job_id: str) -> bool:
         return False
     if not root.exists():
         return False
-    from sqlalchemy import select
-
-    from app.db.models import Job, JobStatus
-    from app.db.session import session_scope
-
     try:
         with session_scope(settings) as s:
             status = s.scalar(select(Job.status).where(Job.id == job_id))
@@ -335,12 +336,6 @@ def drop_if_finished(settings, job_id: str) -> bool:
 def sweep(settings) -> list[str]:
     """Remove the chunk files of every terminal (or deleted) job, e.g. one canceled through the
     API while it was queued for a retry; returns their job ids. Run as each TMC job starts."""
-    from sqlalchemy import select
-
-    from app.db.models import Job, JobStatus
-    from app.db.session import session_scope
-    from app.storage import Storage
-
     base = Storage(settings.storage_root).path("shapley")
     if not base.is_dir():
         return []
@@ -368,18 +363,12 @@ def run_job_chunks(job_id: str, settings, valuer, train, test,
     store.root.mkdir(parents=True, exist_ok=True)
     fan_out = None
     if not settings.embedded:
-        from app.db.models import Job
-        from app.db.session import session_scope
-        from worker.celery_app import get_celery
-
         with session_scope(settings) as s:
             queue = s.get(Job, job_id).queue
 
         def fan_out(indices: Iterable[int]) -> None:
-            celery = get_celery(settings)
             for c in indices:  # a lost message only means someone else computes it
-                celery.send_task("hostcp.shapley_chunk", args=[job_id, int(c), key, part],
-                                 queue=queue, ignore_result=True)
+                dispatch.send(dispatch.SHAPLEY_CHUNK, [job_id, int(c), key, part], queue=queue)
 
     return coordinate(valuer, train, test, store, fan_out=fan_out,
                       window=WINDOW_SERVER if fan_out else 1, part=part, progress=progress)
@@ -390,12 +379,7 @@ def run_helper_chunk(job_id: str, chunk_index: int, key: str, part: int | None =
     """A helper's turn (the ``hostcp.shapley_chunk`` task): compute the lowest unclaimed part
     of a running TMC-Shapley job below the frontier (chunk ``chunk_index`` when there is no
     frontier), and the next, until there is none; returns what it did."""
-    from app.core.config import get_settings
-    from app.db.models import DatasetRecord, Job, JobStatus
-    from app.db.session import session_scope
     from hostcp_core import DataError, split_test
-    from worker.run_job import _load
-    from worker.valuation import build_valuer
 
     settings = settings or get_settings()
     with session_scope(settings) as s:
@@ -416,7 +400,7 @@ def run_helper_chunk(job_id: str, chunk_index: int, key: str, part: int | None =
         return "skipped"
     prepared = _HELPER_CACHE.get(key)
     if prepared is None:
-        train, test = _load(settings, train_rec, test_rec)
+        train, test = load_job_data(settings, train_rec, test_rec)
         try:  # the same valuation part as run_job takes
             test, _ = split_test(test, settings.holdout_fraction, seed=seed)
         except DataError:

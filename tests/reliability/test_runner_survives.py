@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from app.db import repo
 from app.db.migrate import upgrade
-from worker import run_job as run_job_module
+from worker import runner as run_job_module
 from worker.runner import serve_forever
 
 

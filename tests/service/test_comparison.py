@@ -243,8 +243,8 @@ class _Scripted:
 
 
 def test_progress_per_method_and_cancel_between_methods(settings, compare_job, monkeypatch):
-    from worker import comparison
-    from worker.run_job import run_job
+    from app.jobs import comparison
+    from app.jobs.run_job import run_job
 
     seen: list = []
     scripted = {"first": _Scripted("first", seen), "second": _Scripted("second", seen)}

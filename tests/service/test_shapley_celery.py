@@ -22,11 +22,12 @@ import test_postgres_celery as pgc
 from app.db import repo
 from app.db.models import Job, JobStatus, PointResult
 from app.db.session import session_scope
+from app.jobs import dispatch
+from app.jobs import shapley_chunks as sc
 from app.storage import Storage, dataset_arrays
 from hostcp_core import make_synthetic, split_test
 from hostcp_core.valuers.tmc_shapley import TMCShapley
-from worker import shapley_chunks as sc
-from worker.dispatch import enqueue
+from worker.celery_app import CeleryTransport
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 # the fresh Postgres database, Redis and settings of the single-worker test
@@ -110,7 +111,8 @@ def _submit(settings, owner_id: int, ids: tuple[str, str]) -> str:
                               test_dataset_id=ids[1], method="tmc_shapley", params=PARAMS,
                               fraction=0.2, seed=3, queue=settings.queue_cpu, max_attempts=3)
         job_id = job.id
-    assert enqueue(job_id, settings.queue_cpu, settings)
+    dispatch.install(CeleryTransport(settings))  # this process sends as the API would
+    assert dispatch.enqueue(job_id, settings.queue_cpu)
     return job_id
 
 

@@ -16,10 +16,10 @@ from app.db import repo
 from app.db.migrate import upgrade
 from app.db.models import Job, JobStatus, PointResult
 from app.db.session import session_scope
+from app.jobs import shapley_chunks as sc
 from app.storage import Storage, dataset_arrays
 from hostcp_core import get_valuer, make_synthetic, split_test
 from hostcp_core.valuers.tmc_shapley import TMCShapley
-from worker import shapley_chunks as sc
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -163,7 +163,7 @@ def _status(settings, job_id: str) -> tuple[str, dict | None]:
 
 
 def test_job_reuses_a_helpers_chunk(settings, counted):
-    from worker.run_job import run_job
+    from app.jobs.run_job import run_job
 
     job_id = _tmc_job(settings)
     key, reference = _reference(settings)
@@ -224,7 +224,7 @@ def test_helper_keeps_taking_chunks_below_the_frontier_and_stops_when_merged(set
 def _interrupted_after_two_chunks(settings, job_id: str, key: str):
     """Run the job until chunks 0 and 1 are written, then stop the worker (the job goes back
     to the queue, as when a runner shuts down): the retry must find the chunks."""
-    from worker.run_job import run_job
+    from app.jobs.run_job import run_job
 
     root = sc._store(settings, job_id, key, None).root
     status = run_job(job_id, settings=settings,
@@ -236,7 +236,7 @@ def _interrupted_after_two_chunks(settings, job_id: str, key: str):
 
 
 def test_retry_keeps_the_chunks_and_success_drops_them(settings, counted):
-    from worker.run_job import run_job
+    from app.jobs.run_job import run_job
 
     job_id = _tmc_job(settings)
     key, reference = _reference(settings)
@@ -254,7 +254,7 @@ def test_chunk_files_go_when_the_job_ends_for_good(settings, monkeypatch, end):
     with no attempts left, a cancel while it waits for a retry), its chunk files go."""
     from app.core import problems
     from app.db.types import utcnow
-    from worker.run_job import run_job
+    from app.jobs.run_job import run_job
 
     job_id = _tmc_job(settings)
     key, _ = _reference(settings)

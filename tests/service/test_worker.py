@@ -15,9 +15,9 @@ from app.db.migrate import upgrade
 from app.db.models import Job, PointResult
 from app.db.session import session_scope
 from app.db.types import utcnow
+from app.jobs import run_job as run_job_module
+from app.jobs.run_job import run_job
 from app.storage import Storage, dataset_arrays
-from worker import run_job as run_job_module
-from worker.run_job import run_job
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,8 +20,9 @@ from app.core.config import Settings
 from app.core.problems import Problem
 from app.db import repo
 from app.db.models import DatasetRecord, Job, JobStatus
+from app.jobs import dispatch
+from app.jobs.methods import COMPARE, build_valuer, build_valuers
 from app.storage import Storage, arrays_dataset
-from worker.valuation import COMPARE
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 methods_router = APIRouter(prefix="/v1/methods", tags=["methods"])
@@ -52,7 +53,6 @@ def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord
               settings: Settings) -> None:
     """Refuse a job that could only fail: unusable data, unknown method or parameter."""
     from hostcp_core import DataError, check_compatible, validate_train
-    from worker.valuation import build_valuer, build_valuers
 
     store = Storage(settings.storage_root)
     try:
@@ -90,8 +90,6 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, settings:
                principal: PrincipalDep,
                idempotency_key: Annotated[str | None, Header()] = None):
     """Queue a valuation job. The answer is a status monitor; poll its Location."""
-    from worker.dispatch import enqueue
-
     # exclude_none: a body without the comparison fields keeps the fingerprint it had before
     # they existed, so stored Idempotency-Keys still match
     fingerprint = hashlib.sha256(json.dumps(body.model_dump(mode="json", exclude_none=True),
@@ -117,7 +115,7 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, settings:
                               queue=settings.queue_for(_device(body)),
                               max_attempts=settings.max_attempts)
         session.commit()  # the row exists before any worker can hear of it
-        if enqueue(job.id, job.queue, settings):
+        if dispatch.enqueue(job.id, job.queue):
             repo.mark_enqueued(session, job_id=job.id)
             session.commit()
         session.refresh(job)

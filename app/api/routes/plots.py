@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
+from app import plotting
 from app.api.deps import PrincipalDep, SessionDep
 from app.api.routes.results import _finished_job
 from app.core import problems
 from app.core.problems import Problem
 from app.db import repo
 from app.db.models import DatasetRecord, Job
-from worker.valuation import COMPARE
+from app.jobs.methods import COMPARE
 
 router = APIRouter(prefix="/v1/jobs", tags=["plots"])
 
@@ -37,8 +38,6 @@ def _injected_flips(job: Job) -> list[int]:
 
 def _comparison_plot(session, job: Job, name: str, ext: str, title: str) -> bytes:
     """A comparison job's figures: one line (or bar group) per compared method."""
-    from app import plotting
-
     methods = list(job.methods or [])
     if name == "curves":
         rows = [{"curve": c.curve, "fraction": c.fraction, "value": c.value}
@@ -67,12 +66,10 @@ def _comparison_plot(session, job: Job, name: str, ext: str, title: str) -> byte
 
 
 def _split(filename: str) -> tuple[str, str]:
-    from app.plotting import FORMATS
-
     name, _, ext = filename.rpartition(".")
-    if name not in PLOTS or ext not in FORMATS:
+    if name not in PLOTS or ext not in plotting.FORMATS:
         raise Problem(problems.NOT_FOUND, f"no plot {filename!r}; plots are "
-                      f"{', '.join(PLOTS)} as .{' or .'.join(FORMATS)}")
+                      f"{', '.join(PLOTS)} as .{' or .'.join(plotting.FORMATS)}")
     return name, ext
 
 
@@ -81,8 +78,6 @@ def _split(filename: str) -> tuple[str, str]:
 def get_plot(job_id: str, filename: str, session: SessionDep, principal: PrincipalDep):
     """A figure of a finished job: ``curves``, ``classes``, ``mislabels`` or ``flips``, as
     ``.png`` or ``.svg``."""
-    from app import plotting
-
     name, ext = _split(filename)
     job = _finished_job(session, principal.id, job_id)
     title = f"{job.method} · job {job.id[:8]}"

@@ -17,6 +17,7 @@ from app.api.routes.results import _finished_job
 from app.core import problems
 from app.core.config import Settings
 from app.core.problems import Problem
+from app.jobs.online_state import load_selector, selector_lock, selector_path
 
 router = APIRouter(prefix="/v1/selectors", tags=["selectors"])
 
@@ -64,8 +65,6 @@ class SelectorPublic(BaseModel):
 
 
 def _selector(settings: Settings, job_id: str):
-    from worker.online_state import load_selector
-
     selector = load_selector(settings, job_id)
     if selector is None:
         raise Problem(problems.NO_SELECTOR, f"job {job_id} keeps no online selector (only "
@@ -88,7 +87,6 @@ def _run(settings: Settings, job_id: str, body: SelectRequest) -> SelectResponse
     import numpy as np
 
     from hostcp_core import DataError
-    from worker.online_state import selector_lock, selector_path
 
     m = len(body.features)
     if len(body.labels) != m or (body.ids is not None and len(body.ids) != m):
