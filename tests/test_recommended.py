@@ -1,0 +1,202 @@
+"""The recommended selection (issue 14): the rule, the split, determinism, the candidate table,
+and that it keeps flipped labels out on a small flipped synthetic set."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hostcp_core import Cancelled, flip_labels, make_synthetic
+from hostcp_core.recommended import (
+    CANDIDATES,
+    RecommendedSelection,
+    choose_winner,
+    class_quotas,
+    facility_location_order,
+    ranking_values,
+    stratified_order,
+    suspects_from_values,
+)
+from hostcp_core.result import subset_size, to_jsonable
+
+# Cheap settings: the structure under test does not need HOST-CP's full training.
+FAST = {"hostcp_params": {"epochs": 3, "warmup_epochs": 1}, "oob_params": {"n_estimators": 40},
+        "n_seeds": 2, "epochs": 10}
+
+
+@pytest.fixture(scope="module")
+def data():
+    train, test = make_synthetic(240, 300, seed=3)
+    return train, test.__class__(test.X, test.y, test.classes, np.arange(test.n),
+                                 test.feature_names, test.name)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    train, test = data
+    rec = RecommendedSelection(fraction=0.2, seed=0, learner="logreg", **FAST)
+    return rec, rec.fit(train, test)
+
+
+def _rule(table, order):
+    """The stated rule, recomputed from the candidate table."""
+    rows = {r["candidate"]: r for r in table if "skipped" not in r}
+    best = max(r["validation_accuracy_mean"] for r in rows.values())
+    tied = [c for c in order if c in rows
+            and best - rows[c]["validation_accuracy_mean"] <= rows[c]["paired_se_vs_leader"]]
+    return min(tied, key=lambda c: (rows[c]["suspected_in_subset"], order.index(c)))
+
+
+def test_winner_follows_the_stated_rule(fitted):
+    rec, res = fitted
+    table = res.extra["candidates"]
+    assert res.extra["winner"] == _rule(table, list(CANDIDATES))
+    assert [r["candidate"] for r in table if r.get("winner")] == [res.extra["winner"]]
+    # the winner's subset is what is returned
+    np.testing.assert_array_equal(res.selected, rec.candidates_[res.extra["winner"]].selected)
+
+
+def test_choose_winner_clear_leader_ties_and_order():
+    n = 400
+    rng = np.random.default_rng(0)
+    base = (rng.random(n) < 0.7).astype(float)
+    better = base.copy()
+    better[np.flatnonzero(base == 0)[:60]] = 1.0        # +15 points: a clear winner
+    scores = {"a": {"mean": base.mean(), "per_point": base},
+              "b": {"mean": better.mean(), "per_point": better}}
+    w, se, why = choose_winner(scores, {"a": 0, "b": 5}, ["a", "b"])
+    assert w == "b" and "no other candidate" in why and se["b"] == 0.0
+    # one point apart on 400 (three gained, two lost): within a paired standard error, so the
+    # fewer suspects win
+    near = base.copy()
+    near[np.flatnonzero(base == 0)[:3]] = 1.0
+    near[np.flatnonzero(base == 1)[:2]] = 0.0
+    scores = {"a": {"mean": base.mean(), "per_point": base},
+              "b": {"mean": near.mean(), "per_point": near}}
+    assert choose_winner(scores, {"a": 0, "b": 5}, ["a", "b"])[0] == "a"
+    assert choose_winner(scores, {"a": 5, "b": 0}, ["a", "b"])[0] == "b"
+    # equal suspects: the cheaper (earlier) candidate
+    assert choose_winner(scores, {"a": 1, "b": 1}, ["b", "a"])[0] == "b"
+    assert choose_winner(scores, {"a": 1, "b": 1}, ["a", "b"])[0] == "a"
+
+
+def test_validation_part_is_disjoint_from_what_candidates_saw(data, monkeypatch):
+    from hostcp_core.hostcp import HostCP
+    from hostcp_core.valuers.data_oob import DataOOB
+    from hostcp_core.valuers.knn_shapley import KNNShapley
+
+    seen: list[np.ndarray] = []
+    for cls in (HostCP, DataOOB, KNNShapley):
+        original = cls.fit
+
+        def spy(self, train, test, *, progress=None, _original=original):
+            seen.append(np.asarray(test.ids))
+            return _original(self, train, test, progress=progress)
+
+        monkeypatch.setattr(cls, "fit", spy)
+    train, test = data
+    rec = RecommendedSelection(fraction=0.2, seed=1, learner="logreg", **FAST)
+    res = rec.fit(train, test)
+    assert len(seen) == 3
+    sel, val = set(rec.selection_rows_), set(rec.validation_rows_)
+    assert sel.isdisjoint(val) and sel | val == set(range(test.n))
+    for ids in seen:
+        assert set(ids.tolist()) == sel
+    assert res.extra["n_validation_rows"] == len(val)
+    # the split is stratified: every class is on both sides
+    assert set(test.y[rec.validation_rows_]) == set(test.y) == set(test.y[rec.selection_rows_])
+
+
+def test_deterministic_for_a_seed(data):
+    train, test = data
+    a = RecommendedSelection(fraction=0.2, seed=2, learner="mlp", **FAST).fit(train, test)
+    b = RecommendedSelection(fraction=0.2, seed=2, learner="mlp", **FAST).fit(train, test)
+    np.testing.assert_array_equal(a.selected, b.selected)
+    np.testing.assert_array_equal(a.values, b.values)
+    strip = [{k: v for k, v in r.items() if not k.endswith("seconds")}
+             for r in a.extra["candidates"]]
+    assert strip == [{k: v for k, v in r.items() if not k.endswith("seconds")}
+                     for r in b.extra["candidates"]]
+
+
+def test_candidate_table_content(fitted, data):
+    rec, res = fitted
+    train, _ = data
+    k = subset_size(train.n, 0.2)
+    table = res.extra["candidates"]
+    assert [r["candidate"] for r in table] == list(CANDIDATES)
+    for r in table:
+        assert 0.0 <= r["validation_accuracy_mean"] <= 1.0
+        assert r["validation_accuracy_sd"] == 0.0 and r["trainings"] == 1   # logreg: one fit
+        assert r["n_selected"] == k and r["build_seconds"] >= 0 and r["score_seconds"] > 0
+        mine = rec.candidates_[r["candidate"]]
+        assert len(mine.selected) == k
+        assert r["suspected_in_subset"] == int(rec.suspected_[mine.selected].sum())
+        assert r["validation_accuracy_mean"] == pytest.approx(
+            rec.scores_[r["candidate"]]["mean"])
+    assert "winner" in res.extra["why"] or res.extra["winner"] in res.extra["why"] or \
+        "highest mean" in res.extra["why"]
+    assert "per_candidate" in res.extra["budget"] and "hostcp" in res.extra["budget"]["shared"]
+    json.dumps(res.summary(), default=to_jsonable)   # JSON-able for the job summary
+    # values rank exactly as the winner's order: its subset is the top k by value
+    top = np.sort(np.argsort(-res.values, kind="stable")[:k])
+    np.testing.assert_array_equal(top, res.selected)
+    # every candidate's subset keeps the classes in proportion
+    quota = class_quotas(train.y, k, train.n_classes)
+    for c in rec.candidates_.values():
+        if c.name != "hostcp":
+            np.testing.assert_array_equal(np.bincount(train.y[c.selected],
+                                                      minlength=train.n_classes), quota)
+
+
+def test_flipped_share_below_base_rate():
+    train, test = make_synthetic(300, 400, seed=5)
+    noisy, flipped = flip_labels(train, 0.2, seed=5)
+    res = RecommendedSelection(fraction=0.2, seed=0, learner="logreg", **FAST).fit(noisy, test)
+    share = np.isin(res.selected, flipped).mean()
+    assert share < 0.2 / 2, (share, res.extra["winner"])
+
+
+def test_candidates_subset_and_cancel(data):
+    train, test = data
+    res = RecommendedSelection(fraction=0.1, seed=0, learner="logreg",
+                               candidates=["random", "top_knn_shapley"], **FAST
+                               ).fit(train, test)
+    assert [r["candidate"] for r in res.extra["candidates"]] == ["random", "top_knn_shapley"]
+    assert "hostcp" not in res.extra["budget"]["shared"]
+    with pytest.raises(ValueError, match="unknown candidate"):
+        RecommendedSelection(candidates=["nope"]).fit(train, test)
+    with pytest.raises(ValueError, match="learner"):
+        RecommendedSelection(learner="svm").fit(train, test)
+    events = []
+
+    def cancel(p):
+        events.append(p.stage)
+        if p.stage.startswith("recommended:score"):
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        RecommendedSelection(fraction=0.1, learner="logreg", candidates=["random", "top_data_oob"],
+                             **FAST).fit(train, test, progress=cancel)
+    assert any(s.startswith("recommended:data_oob") for s in events)
+
+
+def test_building_blocks():
+    y = np.array([0] * 6 + [1] * 4)
+    score = np.arange(10, dtype=float)
+    allowed = np.ones(10, dtype=bool)
+    allowed[[5, 9]] = False
+    order = stratified_order(score, y, 5, 2, allowed=allowed)
+    assert sorted(order.tolist()) == list(range(10))
+    assert set(order[:5].tolist()) == {4, 3, 2, 8, 7}   # quotas 3 + 2, best allowed of each
+    # suspects never leave a class below its quota of trusted points
+    v = np.array([0.9, 0.9, 0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9])
+    sus = suspects_from_values(v, y, 6, 2)
+    assert (~sus[y == 0]).sum() >= class_quotas(y, 6, 2)[0]
+    # facility location: picks the centre of a tight cluster before an outlier
+    h = np.array([[0.0], [0.1], [-0.1], [10.0], [0.0], [5.0]])
+    fl = facility_location_order(h, np.zeros(6, dtype=int), 1, 1)
+    assert fl[0] in (0, 4)
+    np.testing.assert_array_equal(np.argsort(-ranking_values(fl), kind="stable"), fl)
