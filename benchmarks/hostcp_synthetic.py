@@ -37,6 +37,10 @@ VARIANTS = {
     "hostcp[raw,frozen]": {"embedding": "raw", "learn_embedding": False},
     "hostcp[score=mass]": {"score": "mass"},
     "ablation[no-layer]": {"_no_layer": True, "learn_embedding": False},
+    # issue 12: selection problems of W minibatches solved in one call
+    "hostcp[wave=4]": {"wave": 4},
+    "hostcp[wave=8]": {"wave": 8},
+    "hostcp[wave=16]": {"wave": 16},
 }
 
 
@@ -129,12 +133,14 @@ def summarise(df: pd.DataFrame) -> str:
     for noise, g in df.groupby("noise", sort=False):
         piv = g.pivot(index="seed", columns="method", values="accuracy")
         lines.append(f"### {noise} (n seeds = {len(piv)})")
-        lines.append("| method | accuracy mean ± sd | vs random (paired) | vs raw FL (paired) |")
-        lines.append("|---|---|---|---|")
+        refs = ["random", "facility_location[raw]"] + (["hostcp"] if "hostcp" in piv else [])
+        lines.append("| method | accuracy mean ± sd | "
+                     + " | ".join(f"vs {r} (paired)" for r in refs) + " |")
+        lines.append("|---" * (len(refs) + 2) + "|")
         for m in piv.columns:
             a = piv[m]
             cells = [f"{a.mean():.4f} ± {a.std(ddof=1):.4f}"]
-            for ref in ("random", "facility_location[raw]"):
+            for ref in refs:
                 d = a - piv[ref]
                 se = d.std(ddof=1) / np.sqrt(len(d))
                 cells.append(f"{d.mean():+.4f} (se {se:.4f})")

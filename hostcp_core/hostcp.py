@@ -32,7 +32,7 @@ from hostcp_core.models import MLP
 from hostcp_core.progress import ProgressCallback, report
 from hostcp_core.result import ValuationResult, subset_size
 from hostcp_core.selection import SelectionLayer, select_top_k
-from hostcp_core.selection._static import implicit_vjp, solve_batch
+from hostcp_core.selection._static import implicit_vjp, mask_padding, solve_batch
 from hostcp_core.valuer import Valuer
 
 EMBEDDINGS = ("hidden", "gradient", "hidden+gradient", "raw")
@@ -40,8 +40,6 @@ SCORES = ("value", "mass", "mean_u", "cost")
 LAYER_SOLVERS = ("auto", "static", "adaptive")
 # wave="auto": W per device type, measured with benchmarks/epoch_speed.py (docs/RESULTS.md).
 WAVE_AUTO = {"cpu": 1, "cuda": 1}
-# Distance of a padded old-set column: far above any dual price α_i, so it is never used.
-_PAD_DISTANCE = 1e3
 # Cross-class distances (class-conditional mode) are this many mean distances: a constant, so a
 # point is represented by another class only when nothing else is feasible.
 _CROSS_CLASS_DISTANCE = 8.0
@@ -117,9 +115,9 @@ class HostCP(Valuer):
         look-ahead and the φ step still follow per minibatch (φ's steps use gradients taken at
         the wave's start). W = 1 is the per-minibatch algorithm, unchanged.
     layer_solver: how a wave's batch is solved (W > 1 only): ``"static"`` (no read-back to the
-        host inside the Newton loop, convergence read once every 8 iterations; what a GPU
-        needs), ``"adaptive"`` (the per-minibatch solver, batched: it tests convergence on the
-        host after every step, free on a CPU), ``"auto"``: static on CUDA, adaptive on CPU.
+        host inside the Newton loop but once every 8 iterations; what a GPU needs),
+        ``"adaptive"`` (reads back at every step and works on the unconverged problems only,
+        which costs nothing on a CPU), ``"auto"``: static on CUDA, adaptive elsewhere.
     """
 
     name = "hostcp"
@@ -277,6 +275,7 @@ class HostCP(Valuer):
         t_layer = 0.0
         grad_norms: list[float] = []
         epoch_times: list[float] = []
+        epoch_cpu: list[float] = []  # process CPU seconds: robust to other work on the machine
         step = 0
         W = self._wave_size(dev)
         waves = W > 1 or self._wave_path_at_one
@@ -287,7 +286,7 @@ class HostCP(Valuer):
             scales = self._represent(model, X, Y)
             old_set = _OldSet(n, self.embed_dim, dev, self.old_search_pool, gen)
             epoch_loss = 0.0
-            t_epoch = time.perf_counter()
+            t_epoch, c_epoch = time.perf_counter(), time.process_time()
             if waves:
                 # Waves: losses summed on the device, read (with progress) once per wave.
                 loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
@@ -336,6 +335,7 @@ class HostCP(Valuer):
             if not warm:
                 u_count += 1
                 epoch_times.append(time.perf_counter() - t_epoch)
+                epoch_cpu.append(time.process_time() - c_epoch)
 
         grad_norms = [float(g) for g in grad_norms]
         scores = {"mean_u": u_sum, "mass": mass_sum, "value": signal_sum}
@@ -350,11 +350,11 @@ class HostCP(Valuer):
         self.scores_ = scores
         self.model_ = model.eval()
         self.embedding_ = embed.eval()
-        extra = {"score": self.score, "epochs_scored": u_count,
+        extra = {"score": self.score, "epochs_scored": u_count, "wave": W,
                  "phi_grad_norm_median": float(np.median(grad_norms)) if grad_norms else 0.0,
                  "final_loss": epoch_loss / n}
         timings = {"layer_s": t_layer, "train_s": time.perf_counter() - t_start,
-                   "selection_epoch_s": epoch_times,
+                   "selection_epoch_s": epoch_times, "selection_epoch_cpu_s": epoch_cpu,
                    "per_point_epoch_ms": 1e3 * (time.perf_counter() - t_start)
                    / (n * self.epochs)}
         k = subset_size(n, self.fraction)
@@ -458,18 +458,21 @@ class HostCP(Valuer):
         return loss.detach(), dV_du
 
     # ------------------------------------------------------------------ waves (W > 1)
-    def _problems(self, params, embed, R, Ro, yb, yo, valid):
+    def _problems(self, params, embed, R, Ro, yb, yo, real, valid):
         """Distances of the layer's problems from the representations of the new points R
-        (..., n, d) and of their old points Ro (..., k, d), as ``_select`` computes them; padded
-        old columns (``valid`` False) get a distance no dual price reaches. Works batched and
-        per problem (under vmap), so φ's gradient can be taken per minibatch."""
+        (..., n, d) and of their old points Ro (..., k, d), as ``_select`` computes them, with
+        padded new points (``real`` False) and old columns (``valid`` False) masked out
+        (``mask_padding``: one more old column). Works batched and per problem (under vmap), so
+        φ's gradient can be taken per minibatch."""
         hb, cb = functional_call(embed, params, (R,))
         ho, co = functional_call(embed, params, (Ro,))
         Dn, Do = _pairwise(hb, hb), _pairwise(hb, ho)
         n = hb.shape[-2]
-        v = valid.unsqueeze(-2)
-        count = n * n + n * valid.sum(-1)
-        total = Dn.sum((-2, -1)) + torch.where(v, Do, 0.0).sum((-2, -1))
+        rn = real.unsqueeze(-1)
+        mn, mo = rn & real.unsqueeze(-2), rn & valid.unsqueeze(-2)
+        n_real = real.sum(-1)
+        count = n_real * n_real + n_real * valid.sum(-1)
+        total = torch.where(mn, Dn, 0.0).sum((-2, -1)) + torch.where(mo, Do, 0.0).sum((-2, -1))
         scale = (total / count).detach().clamp_min(1e-12)[..., None, None]
         Dn, Do = Dn / scale, Do / scale
         if cb is not None:
@@ -479,61 +482,69 @@ class HostCP(Valuer):
             cross = Dn.new_tensor(_CROSS_CLASS_DISTANCE)
             Dn = torch.where(yb.unsqueeze(-1) == yb.unsqueeze(-2), Dn, cross)
             Do = torch.where(yb.unsqueeze(-1) == yo.unsqueeze(-2), Do, cross)
-        return Dn, torch.where(v, Do, Do.new_tensor(_PAD_DISTANCE))
+        return mask_padding(Dn, Do, real, valid)
 
     def _wave(self, model, opt, embed, embed_opt, layer, X, Y, Xt, Yt, batches, old_set,
               scales, gen, acc, loss_sum) -> float:
-        """One wave: the selection problems of these minibatches (all of one size) solved in
-        one call against the old set as it stands, then the θ and φ steps per minibatch.
-        Returns the seconds spent on the selection."""
+        """One wave: the selection problems of these minibatches solved in one call against
+        the old set as it stands (a short minibatch padded to the others' size and masked),
+        then the θ and φ steps per minibatch. Returns the seconds spent on the selection."""
         t0 = time.perf_counter()
-        if len({len(b) for b in batches}) > 1:   # a short last minibatch: a wave of its own
-            return (self._wave(model, opt, embed, embed_opt, layer, X, Y, Xt, Yt, batches[:-1],
-                               old_set, scales, gen, acc, loss_sum)
-                    + self._wave(model, opt, embed, embed_opt, layer, X, Y, Xt, Yt,
-                                 batches[-1:], old_set, scales, gen, acc, loss_sum))
-        idxs = torch.stack(batches)                       # (W, n)
-        W, nb = idxs.shape
-        if nb < 2:
-            for idx in batches:
-                loss_sum += self._plain_step(model, opt, X[idx], Y[idx]) * len(idx)
-            return 0.0
+        tiny = [b for b in batches if len(b) < 2]     # a last minibatch of 1: no selection
+        batches = [b for b in batches if len(b) >= 2]
+        t_layer = 0.0
+        if batches:
+            t_layer = self._wave_select_and_step(model, opt, embed, embed_opt, layer, X, Y, Xt,
+                                                 Yt, batches, old_set, scales, gen, acc,
+                                                 loss_sum, t0)
+        for idx in tiny:
+            loss_sum += self._plain_step(model, opt, X[idx], Y[idx]) * len(idx)
+        return t_layer
+
+    def _wave_select_and_step(self, model, opt, embed, embed_opt, layer, X, Y, Xt, Yt, batches,
+                              old_set, scales, gen, acc, loss_sum, t0) -> float:
+        W, nb = len(batches), max(len(b) for b in batches)
+        sizes = [len(b) for b in batches]
+        idxs = torch.stack([torch.cat([b, b[:1].expand(nb - len(b))]) for b in batches])
+        ar = torch.arange(nb, device=idxs.device)
+        real = ar[None, :] < torch.tensor(sizes, device=idxs.device)[:, None]   # (W, nb)
         yb = Y[idxs]
         R = self._represent(model, X[idxs.flatten()], yb.flatten(), scales).view(W, nb, -1)
         params = {k: v.detach() for k, v in embed.named_parameters()}
         with torch.no_grad():
             hb, _ = embed(R)
-            old, valid = old_set.nearest_wave(hb, yb, Y, self.old_set_size,
+            old, valid = old_set.nearest_wave(hb, yb, real, Y, self.old_set_size,
                                               self.class_conditional)
             Ro = self._represent(model, X[old.flatten()], Y[old.flatten()],
                                  scales).view(W, old.shape[1], -1)
             yo = Y[old]
-            Dn, Do = self._problems(params, embed, R, Ro, yb, yo, valid)
-        budget = torch.full((W,), layer.budget(nb), dtype=torch.float64, device=Dn.device)
+            Dn, Do = self._problems(params, embed, R, Ro, yb, yo, real, valid)
+        budget = torch.tensor([layer.budget(s) for s in sizes], dtype=torch.float64,
+                              device=Dn.device)
         mode = self.layer_solver
         if mode == "auto":
             mode = "static" if Dn.device.type == "cuda" else "adaptive"
         sol = solve_batch(Dn.double(), Do.double(), budget, self.eps, mode=mode,
                           scale=_CROSS_CLASS_DISTANCE)
-        u, Zn = sol.u.to(Dn.dtype), sol.Zn.to(Dn.dtype)    # (W, n), (W, n, n)
-        acc.mass.index_add_(0, idxs.flatten(),
-                            (Zn.sum(-2) - Zn.diagonal(dim1=-2, dim2=-1)).flatten().double())
-        zo = sol.Zo.to(Dn.dtype).sum(-2)
+        u, Zn = sol.u.to(Dn.dtype), sol.Zn.to(Dn.dtype)    # (W, nb), (W, nb, nb)
+        flat_real = real.flatten()
+        ridx = idxs.flatten()[flat_real]
+        mass = Zn.sum(-2) - Zn.diagonal(dim1=-2, dim2=-1)
+        acc.mass.index_add_(0, ridx, mass.flatten()[flat_real].double())
+        zo = sol.Zo[..., :-1].to(Dn.dtype).sum(-2)         # the sink column is no point
         acc.mass.index_add_(0, old[valid], zo[valid].double())
-        acc.u.index_add_(0, idxs.flatten(), u.flatten().double())
-        k = subset_size(nb, self.fraction)
-        top = select_top_k(u, k)                           # (W, k)
-        old_set.add(idxs.gather(1, top).flatten(),
-                    hb.gather(1, top.unsqueeze(-1).expand(-1, -1, hb.shape[-1])).flatten(0, 1))
+        acc.u.index_add_(0, ridx, u.flatten()[flat_real].double())
+        top = select_top_k(u, subset_size(nb, self.fraction))   # padded u = 0 sort last
+        for w, size in enumerate(sizes):
+            t = top[w, :subset_size(size, self.fraction)]
+            old_set.add(idxs[w, t], hb[w, t])
         t_layer = time.perf_counter() - t0
-        dV = []
-        for w in range(W):
-            xb, ybw = X[idxs[w]], yb[w]
-            loss, dV_du = self._theta_step(model, opt, xb, ybw, u[w], Xt, Yt, gen)
-            loss_sum += loss * nb
-            dV.append(dV_du)
-        dV = torch.stack(dV)                               # (W, n)
-        acc.signal.index_add_(0, idxs.flatten(), -dV.double().flatten())
+        dV = torch.zeros_like(u)
+        for w, size in enumerate(sizes):
+            xb, ybw = X[idxs[w, :size]], yb[w, :size]
+            loss, dV[w, :size] = self._theta_step(model, opt, xb, ybw, u[w, :size], Xt, Yt, gen)
+            loss_sum += loss * size
+        acc.signal.index_add_(0, ridx, -dV.flatten()[flat_real].double())
         if not self.learn_embedding:
             acc.grad_norms.extend([0.0] * W)
             return t_layer
@@ -541,12 +552,12 @@ class HostCP(Valuer):
         gDn, gDo = implicit_vjp(sol.saved, self.eps, zeros_n, zeros_o, dV.to(sol.u.dtype))
         gDn, gDo = gDn.to(Dn.dtype), gDo.to(Do.dtype)
 
-        def surrogate(p, R, Ro, yb, yo, valid, gDn, gDo):
-            dn, do = self._problems(p, embed, R, Ro, yb, yo, valid)
+        def surrogate(p, R, Ro, yb, yo, real, valid, gDn, gDo):
+            dn, do = self._problems(p, embed, R, Ro, yb, yo, real, valid)
             return (dn * gDn).sum() + (do * gDo).sum()
 
-        grads = vmap(grad(surrogate), in_dims=(None, 0, 0, 0, 0, 0, 0, 0))(
-            params, R, Ro, yb, yo, valid, gDn, gDo)
+        grads = vmap(grad(surrogate), in_dims=(None, 0, 0, 0, 0, 0, 0, 0, 0))(
+            params, R, Ro, yb, yo, real, valid, gDn, gDo)
         names = list(params)
         for w in range(W):
             embed_opt.zero_grad(set_to_none=True)
@@ -604,11 +615,12 @@ class _OldSet:
         keep = torch.topk(-nearest, min(k, len(rows))).indices
         return idx[keep[torch.isfinite(nearest[keep])]]
 
-    def nearest_wave(self, hb: torch.Tensor, yb: torch.Tensor, Y: torch.Tensor, k: int,
+    def nearest_wave(self, hb: torch.Tensor, yb: torch.Tensor, real: torch.Tensor,
+                     Y: torch.Tensor, k: int,
                      class_conditional: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """For each of W batches (hb (W, n, dim)): training indices of the (up to) k selected
-        points nearest to it, padded to k, and which of them are real (W, k). One search pool
-        is drawn for the wave."""
+        """For each of W batches (hb (W, n, dim), its real points ``real`` (W, n)): training
+        indices of the (up to) k selected points nearest to it, padded to k, and which of them
+        are real (W, k). One search pool is drawn for the wave."""
         W = hb.shape[0]
         out = torch.zeros(W, k, dtype=torch.long, device=hb.device)
         valid = torch.zeros(W, k, dtype=torch.bool, device=hb.device)
@@ -622,6 +634,7 @@ class _OldSet:
         d = torch.cdist(hb, self.h[rows].unsqueeze(0).expand(W, -1, -1))
         if class_conditional:
             d = d.masked_fill(yb[:, :, None] != Y[idx][None, None, :], float("inf"))
+        d = d.masked_fill(~real[:, :, None], float("inf"))
         nearest = d.min(1).values                           # (W, pool)
         top = min(k, len(rows))
         neg, keep = torch.topk(-nearest, top, dim=1)

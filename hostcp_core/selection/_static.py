@@ -29,17 +29,198 @@ from hostcp_core.selection._native import (
     _initial_alpha,
     _masks,
     _Primal,
-    _primal,
     _residual,
     backward_state,
     implicit_vjp,
-    solve_duals,
 )
 from hostcp_core.selection._types import SolverError
 
 
 def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.view(-1, *([1] * (a.dim() - 1))), a, b)
+
+
+def _primal_t(
+    alpha: torch.Tensor, lam: torch.Tensor, Dn: torch.Tensor, Do: torch.Tensor, eps: float,
+    partial: bool,
+) -> _Primal:
+    """``_primal`` with each column sorted along the last, contiguous dimension (a sort along
+    dim 1 of a (B, n, n) tensor is several times slower on a CPU). ``partial`` sorts only the
+    positive entries' width (read back: CPU only); else whole columns (static shapes)."""
+    n = Dn.shape[-1]
+    a = alpha.unsqueeze(-1) - Dn
+    ra = torch.relu(a)
+    cols = ra.transpose(1, 2).contiguous()  # (B, column j, row i)
+    if partial:
+        top = max(int((a > 0).sum(1).amax()), 1) if a.numel() else 1
+        a_sorted = torch.topk(cols, min(top, n), dim=-1, sorted=True).values
+    else:
+        a_sorted = torch.sort(cols, dim=-1, descending=True).values
+    kmax = a_sorted.shape[-1]
+    csum = torch.cumsum(a_sorted, dim=-1)
+    k = torch.arange(1, kmax + 1, device=Dn.device, dtype=Dn.dtype)
+    cond = a_sorted * (k + 1) > csum - lam.view(-1, 1, 1)  # ⇔ a_(k) > t_k
+    kstar = cond.sum(dim=-1)  # (B, n)
+    s_k = torch.gather(csum, -1, (kstar - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    s_k = torch.where(kstar > 0, s_k, torch.zeros_like(s_k))
+    t = (s_k - lam.view(-1, 1)) / (kstar + 1).to(Dn.dtype)
+    u = torch.clamp(t / eps, 0.0, 1.0)
+    Zn = torch.minimum(ra / eps, u.unsqueeze(1))
+    Zo = torch.clamp((alpha.unsqueeze(-1) - Do) / eps, 0.0, 1.0)
+    return _Primal(Zn, Zo, u, t, kstar, a)
+
+
+class _State(NamedTuple):
+    alpha: torch.Tensor
+    lam: torch.Tensor
+    p: _Primal
+    g_a: torch.Tensor
+    g_l: torch.Tensor
+    q: torch.Tensor
+    res: torch.Tensor
+    mu: torch.Tensor  # Levenberg-Marquardt factor
+    step: torch.Tensor  # the step length to try next
+    halvings: torch.Tensor  # halvings of the current direction so far
+
+
+def _index(st: _State, idx: torch.Tensor) -> _State:
+    return _State(*(_Primal(*(x[idx] for x in f)) if isinstance(f, _Primal) else f[idx]
+                    for f in st))
+
+
+def _put(st: _State, idx: torch.Tensor, sub: _State) -> None:
+    for f, g in zip(st, sub, strict=True):
+        if isinstance(f, _Primal):
+            for x, y in zip(f, g, strict=True):
+                x[idx] = y
+        else:
+            f[idx] = g
+
+
+def _iterate(st: _State, Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tensor, eps: float,
+             tol: float, eye: torch.Tensor, static: bool) -> _State:
+    """One Newton iteration of every problem not yet converged (the others are kept)."""
+    alpha, lam, p, g_a, g_l, q, res, mu, step, halvings = st
+    n = Dn.shape[-1]
+    todo = ~(res <= tol)
+    active = (lam > 0) | (g_l > 0)
+    M = _freeze_lambda(_hessian(_masks(p, alpha, Do, eps, 0.0)), active)
+    # Levenberg-Marquardt ridge, shrinking with the residual (as newton_solve)
+    ridge = (mu * torch.clamp(res, max=1.0) * eps + 1e-12).view(-1, 1, 1)
+    rhs = torch.cat([g_a, torch.where(active, g_l, torch.zeros_like(g_l)).unsqueeze(-1)], -1)
+    L, info = torch.linalg.cholesky_ex(M + ridge * eye)
+    d = torch.cholesky_solve((eps * rhs).unsqueeze(-1), L).squeeze(-1)
+    d = torch.where((info == 0).unsqueeze(-1), d, eps * rhs)  # a gradient step where it fails
+    ca = alpha + step.unsqueeze(-1) * d[:, :n]
+    cl = torch.clamp(lam + step * d[:, n], min=0.0)
+    cp = _primal_t(ca, cl, Dn, Do, eps, partial=not static)
+    cga, cgl = _grad(cp, budget)
+    cq = _dual_value(cp, ca, cl, Dn, Do, cga, cgl, eps)
+    gain = (g_a * (ca - alpha)).sum(-1) + g_l * (cl - lam)
+    slack = 1e-13 * (q.abs() + 1.0)
+    ok = todo & (cq >= q + _ARMIJO * gain - slack)
+    # newton_solve's inner loop gives up after _MAX_HALVINGS: the point stays, the ridge
+    # stiffens and the next direction starts from a full step.
+    give_up = todo & ~ok & (halvings + 1 >= _MAX_HALVINGS)
+    settled = ok | give_up
+    rejected = todo & ~settled
+    return _State(
+        _where(ok, ca, alpha),
+        _where(ok, cl, lam),
+        _Primal(*(_where(ok, c, o) for c, o in zip(cp, p, strict=True))),
+        _where(ok, cga, g_a),
+        _where(ok, cgl, g_l),
+        _where(ok, cq, q),
+        _where(ok, _residual(cga, cgl, cl), res),
+        # as newton_solve: stiffen the ridge where a halved step was taken (or the search gave
+        # up), relax it where the full step was taken
+        torch.where(settled, torch.where(step < 1, mu * 4, torch.clamp(mu / 4, min=1e-3)), mu),
+        torch.where(settled, torch.ones_like(step), torch.where(rejected, step / 2, step)),
+        torch.where(rejected, halvings + 1, torch.zeros_like(halvings)),
+    )
+
+
+def _direction(st: _State, Dn: torch.Tensor, Do: torch.Tensor, eps: float,
+               eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The regularised Newton direction (d_α, d_λ), as newton_solve computes it."""
+    alpha, lam, p, g_a, g_l, q, res, mu = st[:8]
+    n = Dn.shape[-1]
+    active = (lam > 0) | (g_l > 0)
+    M = _freeze_lambda(_hessian(_masks(p, alpha, Do, eps, 0.0)), active)
+    ridge = (mu * torch.clamp(res, max=1.0) * eps + 1e-12).view(-1, 1, 1)
+    rhs = torch.cat([g_a, torch.where(active, g_l, torch.zeros_like(g_l)).unsqueeze(-1)], -1)
+    L, info = torch.linalg.cholesky_ex(M + ridge * eye)
+    d = torch.cholesky_solve((eps * rhs).unsqueeze(-1), L).squeeze(-1)
+    d = torch.where((info == 0).unsqueeze(-1), d, eps * rhs)  # a gradient step where it fails
+    return d[:, :n], d[:, n]
+
+
+def newton_compact(
+    Dn: torch.Tensor,
+    Do: torch.Tensor,
+    budget: torch.Tensor,
+    eps: float,
+    tol: float = 1e-9,
+    max_iter: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor, _Primal, int, torch.Tensor]:
+    """newton_solve's iteration for a CPU: each Newton step and each backtracking halving
+    works only on the problems that still need it (newton_solve re-evaluates the whole batch
+    while any problem backtracks). Reads back to the host at every step, which is free on a
+    CPU; the iterates are newton_solve's."""
+    bsz, n, _ = Dn.shape
+    alpha = _initial_alpha(Dn, Do, eps)
+    lam = Dn.new_zeros(bsz)
+    p = _primal_t(alpha, lam, Dn, Do, eps, partial=True)
+    g_a, g_l = _grad(p, budget)
+    q = _dual_value(p, alpha, lam, Dn, Do, g_a, g_l, eps)
+    st = _State(alpha, lam, p, g_a, g_l, q, _residual(g_a, g_l, lam),
+                torch.full_like(lam, _RIDGE), torch.ones_like(lam), torch.zeros_like(lam))
+    eye = torch.eye(n + 1, dtype=Dn.dtype, device=Dn.device)
+    it = 0
+    while it < max_iter:
+        idx = (~(st.res <= tol)).nonzero().squeeze(-1)
+        if not len(idx):
+            break
+        it += 1
+        whole = len(idx) == bsz
+        sub = st if whole else _index(st, idx)
+        dn, do, K = (Dn, Do, budget) if whole else (Dn[idx], Do[idx], budget[idx])
+        d_a, d_l = _direction(sub, dn, do, eps, eye)
+        alpha, lam, p, g_a, g_l, q = (x.clone() if isinstance(x, torch.Tensor)
+                                      else _Primal(*(y.clone() for y in x)) for x in sub[:6])
+        step = torch.ones_like(lam)
+        todo = torch.arange(len(lam), device=Dn.device)
+        slack = 1e-13 * (q.abs() + 1.0)
+        for _ in range(_MAX_HALVINGS):
+            s = step[todo]
+            a0, l0 = sub.alpha[todo], sub.lam[todo]
+            ca = a0 + s.unsqueeze(-1) * d_a[todo]
+            cl = torch.clamp(l0 + s * d_l[todo], min=0.0)
+            all_ = len(todo) == len(lam)
+            dnt, dot, Kt = (dn, do, K) if all_ else (dn[todo], do[todo], K[todo])
+            cp = _primal_t(ca, cl, dnt, dot, eps, partial=True)
+            cga, cgl = _grad(cp, Kt)
+            cq = _dual_value(cp, ca, cl, dnt, dot, cga, cgl, eps)
+            gain = (sub.g_a[todo] * (ca - a0)).sum(-1) + sub.g_l[todo] * (cl - l0)
+            ok = cq >= sub.q[todo] + _ARMIJO * gain - slack[todo]
+            acc = todo[ok]
+            alpha[acc], lam[acc], g_a[acc], g_l[acc], q[acc] = (
+                ca[ok], cl[ok], cga[ok], cgl[ok], cq[ok])
+            for full, part in zip(p, cp, strict=True):
+                full[acc] = part[ok]
+            todo = todo[~ok]
+            if not len(todo):
+                break
+            step[todo] = 0.5 * step[todo]
+        # adaptive ridge: stiffen where the full step was rejected, relax where it was taken
+        mu = torch.where(step < 1, sub.mu * 4, torch.clamp(sub.mu / 4, min=1e-3))
+        new = _State(alpha, lam, p, g_a, g_l, q, _residual(g_a, g_l, lam), mu, sub.step,
+                     sub.halvings)
+        if whole:
+            st = new
+        else:
+            _put(st, idx, new)
+    return st.alpha, st.lam, st.p, it, st.res
 
 
 def newton_static(
@@ -50,58 +231,43 @@ def newton_static(
     tol: float = 1e-9,
     max_iter: int = 100,
     check_every: int | None = 8,
+    compact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, _Primal, int, torch.Tensor]:
     """Solve a batch (B, n, n), (B, n, m), (B,) in the inputs' dtype; returns α, λ, the primal,
-    the iterations run and the per-problem residuals (a device tensor, not read here)."""
+    the iterations run and the per-problem residuals (a device tensor, not read here).
+
+    ``compact`` (for a CPU, where reading back is free): each iteration reads which problems
+    are unconverged and works on those only (and sorts columns partially); the iterates are
+    the same.
+    """
     bsz, n, _ = Dn.shape
     alpha = _initial_alpha(Dn, Do, eps)
     lam = Dn.new_zeros(bsz)
-    p = _primal(alpha, lam, Dn, Do, eps, static=True)
+    p = _primal_t(alpha, lam, Dn, Do, eps, partial=compact)
     g_a, g_l = _grad(p, budget)
     q = _dual_value(p, alpha, lam, Dn, Do, g_a, g_l, eps)
     res = _residual(g_a, g_l, lam)
+    st = _State(alpha, lam, p, g_a, g_l, q, res, torch.full_like(lam, _RIDGE),
+                torch.ones_like(lam), torch.zeros_like(lam))
     eye = torch.eye(n + 1, dtype=Dn.dtype, device=Dn.device)
-    mu = torch.full_like(lam, _RIDGE)
-    step = torch.ones_like(lam)
-    halvings = torch.zeros_like(lam)
     it = 0
     while it < max_iter:
-        if check_every and it and it % check_every == 0 and not bool((~(res <= tol)).any()):
+        if compact:
+            idx = (~(st.res <= tol)).nonzero().squeeze(-1)
+            if not len(idx):
+                break
+            it += 1
+            if len(idx) == bsz:
+                st = _iterate(st, Dn, Do, budget, eps, tol, eye, static=False)
+            else:
+                _put(st, idx, _iterate(_index(st, idx), Dn[idx], Do[idx], budget[idx], eps, tol,
+                                       eye, static=False))
+            continue
+        if check_every and it and it % check_every == 0 and not bool((~(st.res <= tol)).any()):
             break
         it += 1
-        todo = ~(res <= tol)
-        active = (lam > 0) | (g_l > 0)
-        M = _freeze_lambda(_hessian(_masks(p, alpha, Do, eps, 0.0)), active)
-        ridge = (mu * torch.clamp(res, max=1.0) * eps + 1e-12).view(-1, 1, 1)
-        rhs = torch.cat([g_a, torch.where(active, g_l, torch.zeros_like(g_l)).unsqueeze(-1)], -1)
-        L, info = torch.linalg.cholesky_ex(M + ridge * eye)
-        d = torch.cholesky_solve((eps * rhs).unsqueeze(-1), L).squeeze(-1)
-        d = torch.where((info == 0).unsqueeze(-1), d, eps * rhs)
-        ca = alpha + step.unsqueeze(-1) * d[:, :n]
-        cl = torch.clamp(lam + step * d[:, n], min=0.0)
-        cp = _primal(ca, cl, Dn, Do, eps, static=True)
-        cga, cgl = _grad(cp, budget)
-        cq = _dual_value(cp, ca, cl, Dn, Do, cga, cgl, eps)
-        gain = (g_a * (ca - alpha)).sum(-1) + g_l * (cl - lam)
-        slack = 1e-13 * (q.abs() + 1.0)
-        ok = todo & (cq >= q + _ARMIJO * gain - slack)
-        # newton_solve's inner loop gives up after _MAX_HALVINGS: the point stays, the ridge
-        # stiffens and the next direction starts from a full step.
-        give_up = todo & ~ok & (halvings + 1 >= _MAX_HALVINGS)
-        alpha = _where(ok, ca, alpha)
-        lam = _where(ok, cl, lam)
-        p = _Primal(*(_where(ok, c, o) for c, o in zip(cp, p, strict=True)))
-        g_a, g_l, q = _where(ok, cga, g_a), _where(ok, cgl, g_l), _where(ok, cq, q)
-        # As newton_solve: stiffen the ridge where the accepted step was a halved one (or the
-        # search gave up), relax it where the full step was taken.
-        settled = ok | give_up
-        mu = torch.where(settled, torch.where(step < 1, mu * 4, torch.clamp(mu / 4, min=1e-3)),
-                         mu)
-        rejected = todo & ~ok & ~give_up
-        step = torch.where(settled, torch.ones_like(step), torch.where(rejected, step / 2, step))
-        halvings = torch.where(rejected, halvings + 1, torch.zeros_like(halvings))
-        res = _residual(g_a, g_l, lam)
-    return alpha, lam, p, it, res
+        st = _iterate(st, Dn, Do, budget, eps, tol, eye, static=True)
+    return st.alpha, st.lam, st.p, it, st.res
 
 
 class StaticSolution(NamedTuple):
@@ -123,6 +289,7 @@ def solve_static(
     check_every: int | None = 8,
     scale: float | None = None,
     fallback: bool = True,
+    compact: bool = False,
 ) -> StaticSolution:
     """Solve a batch without autograd; ``implicit_vjp(sol.saved, eps, ...)`` differentiates it.
 
@@ -132,7 +299,11 @@ def solve_static(
     huge distance would inflate the default, their mean).
     """
     with torch.no_grad():
-        alpha, lam, p, it, res = newton_static(Dn, Do, budget, eps, tol, max_iter, check_every)
+        if compact:
+            alpha, lam, p, it, res = newton_compact(Dn, Do, budget, eps, tol, max_iter)
+        else:
+            alpha, lam, p, it, res = newton_static(Dn, Do, budget, eps, tol, max_iter,
+                                                   check_every)
         if fallback:
             bad = ~(res <= tol)
             if bool(bad.any()):
@@ -166,17 +337,40 @@ def solve_batch(
     mode: str = "static",
     scale: float | None = None,
 ) -> StaticSolution:
-    """A batch of problems, no autograd: ``mode="static"`` is ``solve_static``; ``"adaptive"``
-    is the per-minibatch solver (``solve_duals``: convergence and line search tested on the
-    host at every step, which costs nothing on a CPU), batched."""
-    if mode == "static":
-        return solve_static(Dn, Do, budget, eps, tol, min(max_iter, _DIRECT_ITER), scale=scale)
-    if mode != "adaptive":
+    """A batch of problems, no autograd: ``mode="static"`` never reads back inside the Newton
+    loop but once every 8 iterations (for a GPU); ``"adaptive"`` reads back at every step and
+    works on the unconverged problems only (for a CPU, where reading back is free). Both check
+    the residuals once at the end and fall back to ε-continuation (``solve_static``)."""
+    if mode not in ("static", "adaptive"):
         raise ValueError(f"mode must be 'static' or 'adaptive', got {mode!r}")
-    with torch.no_grad():
-        alpha, lam, p, it, worst = solve_duals(Dn, Do, budget, eps, tol, max_iter)
-        saved = backward_state(p, alpha, lam, Do, budget, eps, tol)
-    return StaticSolution(p.Zn, p.Zo, p.u, saved, it, Dn.new_full((Dn.shape[0],), worst))
+    return solve_static(Dn, Do, budget, eps, tol, min(max_iter, _DIRECT_ITER), scale=scale,
+                        compact=mode == "adaptive")
 
 
-__all__ = ["StaticSolution", "implicit_vjp", "newton_static", "solve_batch", "solve_static"]
+PAD_DISTANCE = 1e3
+
+
+def mask_padding(
+    Dn: torch.Tensor,
+    Do: torch.Tensor,
+    real: torch.Tensor,
+    valid: torch.Tensor,
+    pad: float = PAD_DISTANCE,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Static shapes: problems padded to n new and k old points, the real ones marked by
+    ``real`` (..., n) and ``valid`` (..., k). Every distance to or from a padded point becomes
+    ``pad`` (far above any dual price, so nothing real uses it), and one more old column, a
+    sink, serves each padded row at distance 0 (real rows: ``pad``), so padded rows are covered
+    without opening anything. With the budget computed from the real points, the real part of
+    the solution is that of the unpadded problem. Returns Dn (..., n, n), Do (..., n, k + 1).
+    """
+    r = real.unsqueeze(-1)
+    P = Dn.new_tensor(pad)
+    Dn = torch.where(r & real.unsqueeze(-2), Dn, P)
+    Do = torch.where(r & valid.unsqueeze(-2), Do, P)
+    sink = torch.where(r, P, Dn.new_zeros(()))
+    return Dn, torch.cat([Do, sink], dim=-1)
+
+
+__all__ = ["PAD_DISTANCE", "StaticSolution", "implicit_vjp", "mask_padding", "newton_compact",
+           "newton_static", "solve_batch", "solve_static"]
