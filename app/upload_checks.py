@@ -69,11 +69,22 @@ def precheck(path: Path, fmt: str, *, max_upload_bytes: int, max_features: int) 
 
 def postcheck(ds, *, max_features: int, max_classes: int) -> None:
     """Refuse a parsed dataset with more features or classes than the service handles."""
-    if ds.n_features > max_features:
-        _too_many_columns(ds.n_features, max_features)
+    check_width(ds.n_features, max_features=max_features)
     if ds.n_classes > max_classes:
-        raise Problem(problems.INVALID_DATA, f"{ds.n_classes} classes; at most {max_classes} "
-                      "are accepted (is the label column right?)")
+        too_many_classes(ds.n_classes, max_classes=max_classes)
+
+
+def check_width(n_features: int, *, max_features: int) -> None:
+    """Refuse a table with more feature columns than the service handles (a streamed table is
+    checked on its header, before its rows are parsed)."""
+    if n_features > max_features:
+        _too_many_columns(n_features, max_features)
+
+
+def too_many_classes(n: int, *, max_classes: int) -> None:
+    # a streamed table stops at the first label past the cap, so n may be a lower bound
+    raise Problem(problems.INVALID_DATA, f"{n} classes; at most {max_classes} are accepted "
+                  "(is the label column right?)")
 
 
 def _too_many_columns(n: int, max_features: int) -> None:

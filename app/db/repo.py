@@ -254,7 +254,8 @@ def list_method_points(session: Session, *, job_id: str, method: str, after: int
 
 _POINT_COLUMNS = (PointResult.point_index, PointResult.point_id, PointResult.score,
                   PointResult.rank, PointResult.selected, PointResult.given_label,
-                  PointResult.suggested_label, PointResult.mislabel_score,
+                  PointResult.suggested_label, PointResult.suggested_prob,
+                  PointResult.label_error_prob, PointResult.mislabel_score,
                   PointResult.mislabel_rank, PointResult.suspected_mislabel)
 
 

@@ -107,8 +107,13 @@ def test_unicode_column_names_round_trip(api):
     assert r.json()["feature_names"] == names and r.json()["name"] == "ünï.csv"
 
 
-def test_unexpected_failure_leaves_nothing(api, monkeypatch):
+@pytest.mark.parametrize("name,body", [
+    ("ok.csv", b"a,label\n1,x\n2,y\n"),  # streamed: the failure is in the batch parser
+    ("ok.npz", _npz(X=np.zeros((2, 1)), y=np.array([0, 1]))),  # read whole by load_dataset
+], ids=["streamed-csv", "whole-npz"])
+def test_unexpected_failure_leaves_nothing(api, monkeypatch, name, body):
     import hostcp_core
+    from hostcp_core.loaders import TableStream
 
     client, settings, h = api
 
@@ -116,7 +121,8 @@ def test_unexpected_failure_leaves_nothing(api, monkeypatch):
         raise MemoryError("parser ran out of memory")
 
     monkeypatch.setattr(hostcp_core, "load_dataset", boom)
-    r = client.post("/v1/datasets", headers=h, files={"file": ("ok.csv", b"a,label\n1,x\n2,y\n")})
+    monkeypatch.setattr(TableStream, "__iter__", boom)
+    r = client.post("/v1/datasets", headers=h, files={"file": (name, body)})
     assert_problem(r, 500, "internal-error")
     assert storage_files(settings.storage_root) == [] and _n_datasets(settings) == 0
 

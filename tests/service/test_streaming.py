@@ -52,6 +52,8 @@ def _finished_job(settings, *, n: int, method: str = "knn_shapley",
              "score": float(scores[i]), "rank": int(ranks[i]), "selected": bool(i % 7 == 0),
              "given_label": ["a", "b", "c"][i % 3],
              "suggested_label": ["a", "b", "c"][(i + 1) % 3], "mislabel_score": float(-i / n),
+             "suggested_prob": None if i % 13 == 0 else float(rng.random()),
+             "label_error_prob": float(rng.random()),
              "mislabel_rank": int(mis_ranks[i]), "suspected_mislabel": bool(i % 11 == 0)}
             for i in range(n)])
         s.execute(insert(CurvePoint), [
@@ -154,8 +156,7 @@ def test_empty_listing_is_a_file_with_its_columns(client, settings):
         frame = (pd.read_csv(io.StringIO(r.text)) if fmt == "csv"
                  else pd.read_parquet(io.BytesIO(r.content)))
         assert len(frame) == 0
-        assert list(frame.columns) == ["index", "id", "given_label", "suggested_label",
-                                       "score", "rank", "suspected"]
+        assert list(frame.columns) == results.MISLABEL_COLUMNS
 
 
 def test_downloads_read_bounded_batches(client, settings, small_batches, monkeypatch):
@@ -180,3 +181,84 @@ def test_downloads_read_bounded_batches(client, settings, small_batches, monkeyp
     assert [limit for _, limit in calls] == [BATCH] * math.ceil(N / BATCH)
     assert [after for after, _ in calls] == [None] + [BATCH * k - 1
                                                       for k in range(1, math.ceil(N / BATCH))]
+
+
+# --- uploads parsed batch by batch ------------------------------------------------------------
+
+def _tables(rng) -> dict[str, tuple[pd.DataFrame, dict]]:
+    n = 3_000
+    base = pd.DataFrame(rng.normal(size=(n, 4)), columns=["a", "b", "é c", "d"])
+    with_ids = base.assign(label=rng.choice(["x", "yy", "zzz"], n))
+    with_ids.insert(0, "id", [f"row-{i}" if i % 700 else "r" for i in range(n)])
+    with_ids.loc[n - 1, "id"] = "a much longer id in the last batch"
+    return {
+        "ids.csv": (with_ids, {}),
+        "ids.parquet": (with_ids, {}),
+        "ids.tsv": (with_ids, {}),
+        "numeric_labels.csv": (base.assign(target=rng.integers(0, 3, n).astype(float)), {}),
+        "bool_labels.csv": (base.assign(y=rng.choice([True, False], n)), {}),
+        "int_labels.parquet": (base.assign(cls=rng.integers(0, 4, n)), {"label_column": "cls"}),
+        "int_ids.parquet": (base.assign(label=rng.choice(["p", "q"], n), id=np.arange(n)), {}),
+        "category.parquet": (base.assign(label=pd.Categorical(rng.choice(["u", "v"], n))), {}),
+    }
+
+
+def _write(frame: pd.DataFrame, path) -> None:
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False, sep="\t" if path.suffix == ".tsv" else ",")
+
+
+@pytest.mark.parametrize("name", list(_tables(np.random.default_rng(0))))
+def test_streamed_arrays_equal_load_dataset(tmp_path, name):
+    """Stored arrays written from small batches are byte for byte those of load_dataset."""
+    from app.storage import Storage, dataset_arrays
+    from hostcp_core.loaders import TableStream, load_dataset
+
+    frame, kw = _tables(np.random.default_rng(0))[name]
+    path = tmp_path / name
+    _write(frame, path)
+    store = Storage(tmp_path / "store")
+    table = store.save_stream(TableStream(path, batch_bytes=1 << 15, **kw), max_classes=10)
+    got = store.load_arrays(table.array_path)
+    ds = load_dataset(path, **kw)
+    want = dataset_arrays(ds)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k].dtype == want[k].dtype and np.array_equal(got[k], want[k]), k
+    assert table.classes == ds.classes and np.array_equal(table.y, ds.y)
+    assert (table.n, table.n_features) == (ds.n, ds.n_features)
+
+
+def test_streamed_uploads_keep_their_records(client, api_key_headers, settings, tmp_path):
+    """An upload through the API (CSV and Parquet of the same table) records what
+    load_dataset finds in the file, and the job loader reads its arrays back."""
+    from app.storage import Storage, arrays_dataset
+    from hostcp_core.loaders import load_dataset
+
+    frame, _ = _tables(np.random.default_rng(1))["ids.csv"]
+    frame = frame.iloc[:1500]  # under the test settings' 200 kB upload cap
+    for name in ("t.csv", "t.parquet"):
+        path = tmp_path / name
+        _write(frame, path)
+        with open(path, "rb") as fh:
+            r = client.post("/v1/datasets", headers=api_key_headers, files={"file": (name, fh)})
+        assert r.status_code == 201, r.text
+        rec = r.json()
+        ds = load_dataset(path)
+        assert rec["n_rows"] == ds.n and rec["n_features"] == ds.n_features
+        assert rec["classes"] == list(ds.classes)
+        assert rec["class_counts"] == np.bincount(ds.y).tolist()
+        assert rec["feature_names"] == list(ds.feature_names)
+        with session_scope(settings) as s:
+            array_path = repo.get_dataset(s, owner_id=_owner(s, api_key_headers),
+                                          dataset_id=rec["id"]).array_path
+        back = arrays_dataset(Storage(settings.storage_root).load_arrays(array_path))
+        assert np.array_equal(back.X, ds.X) and np.array_equal(back.y, ds.y)
+        assert [str(i) for i in back.ids] == [str(i) for i in ds.ids]
+
+
+def _owner(session, headers) -> int:
+    token = headers["Authorization"].split()[1]
+    return repo.authenticate(session, token=token).id

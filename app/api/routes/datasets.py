@@ -19,8 +19,8 @@ from app.core import problems
 from app.core.problems import Problem
 from app.db import repo
 from app.db.models import DatasetRecord
-from app.storage import Storage, TooLarge, dataset_arrays, file_chunks
-from app.upload_checks import postcheck, precheck
+from app.storage import Storage, TooLarge, TooManyClasses, dataset_arrays, file_chunks
+from app.upload_checks import check_width, postcheck, precheck, too_many_classes
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -60,8 +60,6 @@ def upload_dataset(
 ):
     """Upload one labelled table. A re-upload of the same bytes with the same options returns
     the existing dataset (200)."""
-    from hostcp_core import DataError, load_dataset
-
     filename = os.path.basename(file.filename or "upload")[:255] or "upload"
     fmt, suffix = _format_and_suffix(filename, format)
     idem_key = check_key(idempotency_key)  # refuse a malformed key before storing anything
@@ -93,13 +91,8 @@ def upload_dataset(
             return _already_uploaded(existing, idem)
         precheck(store.path(stored.rel_path), fmt, max_upload_bytes=settings.max_upload_bytes,
                  max_features=settings.max_features)
-        try:
-            ds = load_dataset(store.path(stored.rel_path), format=fmt, label_column=label_column,
-                              id_column=id_column, name=filename)
-        except DataError as exc:
-            raise Problem(problems.INVALID_DATA, str(exc)) from None
-        postcheck(ds, max_features=settings.max_features, max_classes=settings.max_classes)
-        array_path = store.save_arrays(dataset_arrays(ds))
+        ds, array_path = _parse(store, store.path(stored.rel_path), fmt, settings,
+                                label_column=label_column, id_column=id_column, name=filename)
         rec = repo.add_dataset(
             session, owner_id=principal.id, dataset=ds, array_path=array_path, name=filename,
             fmt=fmt, sha256=stored.sha256, content_key=content_key, size_bytes=stored.size,
@@ -128,6 +121,33 @@ def upload_dataset(
             if array_path is not None:
                 store.delete(array_path)
         raise
+
+
+def _parse(store: Storage, path, fmt: str, settings, *, label_column: str | None,
+           id_column: str | None, name: str):
+    """Parse the stored upload into canonical arrays: (what the dataset record needs, their
+    path). CSV and Parquet are streamed batch by batch (the process's memory does not grow with
+    the file); NPZ and LIBSVM are read whole (capped by their expansion in ``precheck``)."""
+    import hostcp_core
+    from hostcp_core import DataError
+    from hostcp_core.loaders import STREAM_FORMATS, TableStream
+
+    try:
+        if fmt in STREAM_FORMATS:
+            stream = TableStream(path, format=fmt, label_column=label_column,
+                                 id_column=id_column, name=name)
+            check_width(stream.n_features, max_features=settings.max_features)
+            try:
+                table = store.save_stream(stream, max_classes=settings.max_classes)
+            except TooManyClasses as exc:
+                too_many_classes(exc.n, max_classes=settings.max_classes)
+            return table, table.array_path
+        ds = hostcp_core.load_dataset(path, format=fmt, label_column=label_column,
+                                      id_column=id_column, name=name)
+    except DataError as exc:
+        raise Problem(problems.INVALID_DATA, str(exc)) from None
+    postcheck(ds, max_features=settings.max_features, max_classes=settings.max_classes)
+    return ds, store.save_arrays(dataset_arrays(ds))
 
 
 def _already_uploaded(existing: DatasetRecord, idem: Idempotency) -> JSONResponse:

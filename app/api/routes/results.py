@@ -77,7 +77,8 @@ def _subset_row(p) -> dict:
 def _mislabel_row(p) -> dict:
     # cleanlab-style columns; score is LOW for suspects, rank 1 = most suspect
     return {"index": p.point_index, "id": p.point_id, "given_label": p.given_label,
-            "suggested_label": p.suggested_label, "score": _num(p.mislabel_score),
+            "suggested_label": p.suggested_label, "suggested_prob": _num(p.suggested_prob),
+            "label_error_prob": _num(p.label_error_prob), "score": _num(p.mislabel_score),
             "rank": p.mislabel_rank, "suspected": p.suspected_mislabel}
 
 
@@ -86,13 +87,17 @@ def _curve_row(c) -> dict:
             "value": _num(c.value)}
 
 
+MISLABEL_COLUMNS = ["index", "id", "given_label", "suggested_label", "suggested_prob",
+                    "label_error_prob", "score", "rank", "suspected"]
+
 # rows per batch of a download: a few MB of Python objects at a time
 DOWNLOAD_BATCH = 5000
 
 # Parquet column types, fixed up front (a batch's own inference would vary with its NULLs)
 _ARROW_TYPES = {"index": "int64", "id": "string", "score": "float64", "rank": "int64",
                 "selected": "bool", "label": "string", "given_label": "string",
-                "suggested_label": "string", "suspected": "bool", "curve": "string",
+                "suggested_label": "string", "suggested_prob": "float64",
+                "label_error_prob": "float64", "suspected": "bool", "curve": "string",
                 "step": "int64", "fraction": "float64", "n_points": "int64", "value": "float64"}
 
 
@@ -252,8 +257,7 @@ def get_mislabels(job_id: str, request: Request, session: SessionDep, settings: 
                           order="mislabel_rank", row=_mislabel_row, fmt=format,
                           page_size=page_size, page_token=page_token,
                           suspected_only=suspected_only,
-                          columns=["index", "id", "given_label", "suggested_label", "score",
-                                   "rank", "suspected"])
+                          columns=MISLABEL_COLUMNS)
 
 
 @router.get("/{job_id}/curves", response_model=CurvesPage)
