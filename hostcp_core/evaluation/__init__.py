@@ -13,6 +13,7 @@ from hostcp_core.evaluation.detection import (
     flips_found_curve,
     two_means_split,
 )
+from hostcp_core.evaluation.label_errors import LabelErrorDetector, flag_errors
 from hostcp_core.evaluation.mislabels import REPORT_COLUMNS, mislabel_report, out_of_fold_proba
 from hostcp_core.evaluation.ranking import (
     class_distribution,
@@ -24,9 +25,11 @@ from hostcp_core.evaluation.ranking import (
 
 __all__ = [
     "DEFAULT_FRACTIONS",
+    "LabelErrorDetector",
     "REPORT_COLUMNS",
     "addition_curve",
     "class_distribution",
+    "flag_errors",
     "fix_and_retrain_curve",
     "flip_detection_scores",
     "flips_found_curve",

@@ -1,109 +1,117 @@
-"""The mislabel report: a ranked list of suspected mislabelled training points."""
+"""The mislabel report: every training point with the calibrated probability that its given label
+is wrong, a suggested label, and flags chosen by a stated rule (issue 16).
+
+The evidence comes from :class:`~hostcp_core.evaluation.label_errors.LabelErrorDetector`
+(out-of-fold bagged trees, gradient boosting and logistic regression, pooled and calibrated, with
+a class-conditional noise model), whatever valuation method the job ran.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from hostcp_core.data import Dataset
-from hostcp_core.evaluation._common import as_values, n_of
-from hostcp_core.evaluation.detection import two_means_split
+from hostcp_core.evaluation._common import as_values
+from hostcp_core.evaluation.label_errors import (
+    DEFAULT_MODELS,
+    LabelErrorDetector,
+    flag_errors,
+)
 from hostcp_core.evaluation.ranking import positions
+from hostcp_core.progress import ProgressCallback
 
-REPORT_COLUMNS = ("index", "id", "given_label", "suggested_label", "score", "rank", "suspected")
+REPORT_COLUMNS = ("index", "id", "given_label", "suggested_label", "suggested_prob",
+                  "label_error_prob", "score", "rank", "suspected")
+DEFAULT_THRESHOLD = 0.5
 
 
-def out_of_fold_proba(train: Dataset, *, n_folds: int = 5, seed: int = 0) -> np.ndarray:
-    """Class probabilities of every training point from a model that did not see it:
-    standardised multinomial logistic regression, stratified k-fold. Shape (n, K)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import KFold, StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    n, K = train.n, train.n_classes
-    proba = np.full((n, K), 1.0 / K)
-    min_count = int(np.bincount(train.y, minlength=K)[np.unique(train.y)].min())
-    folds = max(2, min(n_folds, n))
-    # stratify when every present class can appear in every fold
-    splitter = (StratifiedKFold(folds, shuffle=True, random_state=seed) if min_count >= folds
-                else KFold(folds, shuffle=True, random_state=seed))
-    for fit_idx, oof_idx in splitter.split(train.X, train.y):
-        present = np.unique(train.y[fit_idx])
-        if present.size < 2:  # nothing to learn: the fold only ever saw one label
-            proba[oof_idx] = 0.0
-            proba[oof_idx, present[0]] = 1.0
-            continue
-        clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        clf.fit(train.X[fit_idx], train.y[fit_idx])
-        p = np.zeros((oof_idx.size, K))
-        p[:, clf.classes_] = clf.predict_proba(train.X[oof_idx])  # absent classes get 0
-        proba[oof_idx] = p
-    return proba
+def out_of_fold_proba(train: Dataset, *, n_folds: int | None = None, seed: int = 0
+                      ) -> np.ndarray:
+    """The detector's pooled, calibrated out-of-fold probabilities of the given labels, (n, K)."""
+    return LabelErrorDetector(n_folds=n_folds, seed=seed).fit(train).pred_probs_
 
 
 def mislabel_report(
     train: Dataset,
-    values,
+    values=None,
     *,
-    suspect_fraction: float | None = None,
     seed: int = 0,
-    value_weight: float = 0.7,
-    n_folds: int = 5,
+    flag_precision: float | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    progress: ProgressCallback | None = None,
+    models: Sequence[str] = DEFAULT_MODELS,
+    max_fit_rows: int = 20_000,
+    n_jobs: int = 1,
 ) -> pd.DataFrame:
-    """Rank training points by how likely their label is wrong, cleanlab-style.
+    """Rank training points by the probability that their given label is wrong.
 
-    score (in [0, 1]; LOW = suspect) = ``value_weight`` · value_rank + (1 − value_weight) ·
-    self_confidence, where value_rank is the point's value percentile (0 for the lowest value,
-    1 for the highest; ties share their mean rank) and self_confidence is the out-of-fold
-    probability of the given label (cleanlab's self-confidence label-quality score; see
-    :func:`out_of_fold_proba`). So a point is suspect when the valuer finds it harmful AND a model
-    that never saw it disagrees with its label. ``values=None`` or ``value_weight=0`` uses
-    self-confidence alone.
+    ``values`` (the job's valuation) are accepted for interface stability and checked for shape,
+    but do not enter the report: measured on flipped labels (docs/RESULTS.md, "Mislabel report"),
+    mixing them in did not improve on the detector alone, so the report is the same whatever
+    method the job ran.
 
-    suggested_label: the out-of-fold prediction, as a class name. suspected: the lowest
-    ⌈suspect_fraction·n⌉ scores; by default as many lowest scores as the low cluster of an exact
-    1-D 2-means split of the values holds (of the self-confidences when values are not used or
-    are constant).
-    The count comes from the raw values, not the score, because the rank part of the score is
-    uniform and has no clusters to find. Rows are sorted by rank (1 = most suspect); columns
-    :data:`REPORT_COLUMNS`. The score's parts are kept in ``df.attrs``.
+    Columns (:data:`REPORT_COLUMNS`), rows sorted by rank (1 = most suspect):
+    ``label_error_prob`` — calibrated P(given label wrong | x, given label);
+    ``score`` = 1 − label_error_prob (LOW = suspect); ``suggested_label`` — the most probable true
+    class given x and the given label (for a flagged point: the most probable *other* class);
+    ``suggested_prob`` — its probability; ``suspected`` — the flags:
+    with ``flag_precision`` the largest most-suspect set whose mean label_error_prob (its expected
+    precision) is at least the target, otherwise label_error_prob ≥ ``threshold`` (0.5: more
+    likely wrong than right).
+
+    ``df.attrs`` (plain JSON-able): ``expected_errors`` (sum of label_error_prob),
+    ``flag_rule`` (rule, parameters, n_flagged, its expected precision), ``noise_rates`` (per given
+    class: the expected share of its labels that are wrong; and ``noise_matrix`` rows: P(given j |
+    true i)), ``confusion`` (given label × estimated true class, expected counts), ``classes``,
+    ``detector`` (models, pooling weights, temperature, folds, ``max_fit_rows`` cap, seconds).
+
+    ``progress`` is called after every model fit (stage "mislabels"); it may raise to cancel.
     """
-    from scipy.stats import rankdata
-
-    if not 0.0 <= value_weight <= 1.0:
-        raise ValueError(f"value_weight must lie in [0, 1], got {value_weight}")
-    n = train.n
-    proba = out_of_fold_proba(train, n_folds=n_folds, seed=seed)
-    self_conf = proba[np.arange(n), train.y]
-    if values is None or value_weight == 0:
-        value_weight = 0.0
-        v = None
-        value_rank = np.full(n, 0.5)
-    else:
-        v = as_values(values, n)
-        value_rank = (rankdata(v) - 1) / max(n - 1, 1)
-    score = value_weight * value_rank + (1.0 - value_weight) * self_conf
-    order = np.argsort(score, kind="stable")
-    rank = positions(order)
-    if suspect_fraction is None:
-        # constant values cannot be split: let the out-of-fold confidences decide the count
-        basis = v if v is not None and np.ptp(v) > 0 else self_conf
-        n_suspect = int((basis < two_means_split(basis)).sum())
-    else:
-        n_suspect = n_of(n, suspect_fraction)
-    suspected = np.zeros(n, dtype=bool)
-    suspected[order[:n_suspect]] = True
+    n, K = train.n, train.n_classes
+    if values is not None:
+        as_values(values, n)  # a wrong-length values array is still the caller's error
+    det = LabelErrorDetector(models=models, max_fit_rows=max_fit_rows, seed=seed,
+                             n_jobs=n_jobs).fit(train, progress=progress)
+    p_err = det.label_error_prob_
+    suspected, rule = flag_errors(p_err, flag_precision=flag_precision, threshold=threshold)
+    post = det.posterior_
+    suggested = det.suggested_.copy()
+    others = post.copy()
+    others[np.arange(n), train.y] = -1.0
+    suggested[suspected] = others[suspected].argmax(1)
+    suggested_prob = post[np.arange(n), suggested]
+    order = np.argsort(-p_err, kind="stable")
     df = pd.DataFrame({
         "index": np.arange(n),
         "id": np.arange(n) if train.ids is None else train.ids,
         "given_label": train.label_names(),
-        "suggested_label": train.label_names(proba.argmax(1)),
-        "score": score,
-        "rank": rank,
+        "suggested_label": train.label_names(suggested),
+        "suggested_prob": suggested_prob,
+        "label_error_prob": p_err,
+        "score": 1.0 - p_err,
+        "rank": positions(order),
         "suspected": suspected,
     }).iloc[order].reset_index(drop=True)
-    df.attrs.update({"value_weight": value_weight,
-                     "self_confidence": self_conf[order].tolist(),
-                     "value_rank": value_rank[order].tolist()})
+    classes = list(train.classes)
+    confusion = np.zeros((K, K))
+    np.add.at(confusion, train.y, post)   # row: given label, column: estimated true class
+    given_counts = np.bincount(train.y, minlength=K)
+    err_by_class = np.bincount(train.y, weights=p_err, minlength=K)
+    df.attrs.update({
+        "expected_errors": float(p_err.sum()),
+        "flag_rule": rule,
+        "classes": classes,
+        "noise_rates": {c: (float(err_by_class[k] / given_counts[k]) if given_counts[k] else None)
+                        for k, c in enumerate(classes)},
+        "noise_matrix": [[float(v) for v in row] for row in det.noise_matrix_],
+        "confusion": {"given": classes, "true": classes,
+                      "counts": [[float(v) for v in row] for row in confusion]},
+        "detector": {"models": list(det.models), "weights": det.weights_,
+                     "temperature": det.temperature_, "n_folds": det.n_folds_,
+                     "max_fit_rows": det.max_fit_rows, "anchor_fraction": det.anchor_fraction,
+                     "seconds": det.seconds_, "values_used": False},
+    })
     return df

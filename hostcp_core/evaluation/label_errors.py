@@ -1,0 +1,279 @@
+"""Label-error detection: out-of-fold evidence from several models, a noise model, and a
+calibrated probability that each given label is wrong.
+
+The pipeline (:class:`LabelErrorDetector`):
+
+1. Out-of-fold class probabilities from each candidate model (bagged trees — Data-OOB's own
+   signal —, histogram gradient boosting, logistic regression): a model never scores a point it
+   was fitted on, so a wrong label cannot vouch for itself. Each fold's model is fitted on at most
+   ``max_fit_rows`` rows, which bounds time and memory at any n.
+2. One pooled posterior of the *given* (possibly noisy) label, q(x): a weighted average of the
+   candidates' probabilities with a temperature, the 2–4 parameters fitted by log-loss on the
+   out-of-fold predictions (so the pool is calibrated for the labels as given).
+3. A class-conditional noise model T[i, j] = P(given j | true i), estimated from anchor regions:
+   the points ranked most confidently as class i by the out-of-fold q_i, whose given labels are
+   almost all i when the data are clean and carry T[i, ·] when labels were flipped. Because the
+   ranking is out-of-fold, a point's own label does not move it in or out of the region.
+   Uncertain (boundary) points sit outside the anchors, so hard-but-correct labels do not
+   count as noise: this is how a clean dataset gets a near-identity T and few flags.
+4. The clean posterior π(x) = q(x)·T⁻¹ (clipped to the simplex), and by Bayes
+   P(true i | x, given j) = π_i T[i, j] / Σ_k π_k T[k, j]. ``label_error_prob`` = 1 − P(true j).
+   Its sum is the expected number of label errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from hostcp_core.data import Dataset
+from hostcp_core.progress import ProgressCallback, report
+
+DEFAULT_MODELS: tuple[str, ...] = ("forest", "hgb", "logistic")
+KNOWN_MODELS = ("forest", "hgb", "logistic", "mlp")
+_EPS = 1e-6
+
+
+def _make_model(name: str, seed: int, n_jobs: int, n_classes: int, n_features: int):
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if name == "forest":
+        # bagged, decorrelated trees as in Data-OOB; a few points per leaf keep the trees'
+        # probabilities from being pure 0/1 votes of memorised labels
+        return RandomForestClassifier(n_estimators=100, min_samples_leaf=2, max_features="sqrt",
+                                      n_jobs=n_jobs, random_state=seed)
+    if name == "hgb":
+        # fewer rounds when there are many classes: each round fits one tree per class
+        rounds = 100 if n_classes <= 5 else 30
+        return HistGradientBoostingClassifier(max_iter=rounds, learning_rate=0.1,
+                                              early_stopping=False, random_state=seed)
+    if name == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300))
+    if name == "mlp":
+        return make_pipeline(StandardScaler(), MLPClassifier((64,), alpha=1e-3, max_iter=200,
+                                                             early_stopping=False,
+                                                             random_state=seed))
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(KNOWN_MODELS)}")
+
+
+def _folds(y: np.ndarray, n_folds: int, seed: int):
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    counts = np.bincount(y)
+    min_count = int(counts[counts > 0].min())
+    # stratify when every present class can appear in every fold
+    if min_count >= n_folds:
+        return list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(y, y))
+    return list(KFold(n_folds, shuffle=True, random_state=seed).split(y))
+
+
+def _n_folds(n: int, n_folds: int | None, max_fit_rows: int) -> int:
+    if n_folds is None:
+        n_folds = 2 if n // 2 > max_fit_rows else 5
+    return max(2, min(n_folds, n))
+
+
+def out_of_fold_probs(
+    train: Dataset,
+    models: Sequence[str] = DEFAULT_MODELS,
+    *,
+    n_folds: int | None = None,
+    max_fit_rows: int = 20_000,
+    seed: int = 0,
+    n_jobs: int = 1,
+    progress: ProgressCallback | None = None,
+) -> dict[str, np.ndarray]:
+    """Out-of-fold class probabilities of every training point, one (n, K) array per model.
+
+    Each fold's model is fitted on at most ``max_fit_rows`` rows drawn at random from the other
+    folds. ``n_folds=None`` uses 5 folds, or 2 when even half the data exceeds the cap (more folds
+    would only refit on equally capped samples). ``progress`` is called after every
+    (model, fold) fit, stage ``"mislabels"``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    X, y, n, K = train.X, train.y, train.n, train.n_classes
+    n_folds = _n_folds(n, n_folds, max_fit_rows)
+    splits = _folds(y, n_folds, seed)
+    rng = np.random.default_rng(seed)
+    total = len(models) * len(splits)
+    out: dict[str, np.ndarray] = {}
+    step = 0
+    report(progress, "mislabels", 0, total)
+    with threadpool_limits(n_jobs):  # the boosting's OpenMP and BLAS follow n_jobs
+        for name in models:
+            proba = np.full((n, K), 1.0 / K)
+            for fit_idx, oof_idx in splits:
+                if fit_idx.size > max_fit_rows:
+                    fit_idx = np.sort(rng.choice(fit_idx, max_fit_rows, replace=False))
+                present = np.unique(y[fit_idx])
+                if present.size < 2:  # nothing to learn: the fold only ever saw one label
+                    proba[oof_idx] = 0.0
+                    proba[oof_idx, present[0]] = 1.0
+                else:
+                    clf = _make_model(name, seed, n_jobs, K, train.n_features)
+                    clf.fit(X[fit_idx], y[fit_idx])
+                    p = np.zeros((oof_idx.size, K))
+                    p[:, clf.classes_] = clf.predict_proba(X[oof_idx])  # absent classes get 0
+                    proba[oof_idx] = p
+                step += 1
+                report(progress, "mislabels", step, total, message=name)
+            out[name] = proba
+    return out
+
+
+def _pool(probs: list[np.ndarray], y: np.ndarray, max_rows: int, seed: int
+          ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Weights (on the simplex) and a temperature for the linear pool of ``probs``, fitted by the
+    log-loss of the given labels on at most ``max_rows`` points. Returns (pooled, weights, T)."""
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax, softmax
+
+    m = len(probs)
+    n = y.shape[0]
+    rows = np.arange(n) if n <= max_rows else np.random.default_rng(seed).choice(
+        n, max_rows, replace=False)
+    P = np.stack([p[rows] for p in probs])               # (m, r, K)
+    yr = y[rows]
+
+    def pooled(theta: np.ndarray, P: np.ndarray) -> np.ndarray:
+        w = softmax(np.r_[0.0, theta[: m - 1]])
+        logq = np.log(np.clip(np.tensordot(w, P, 1), _EPS, None)) / np.exp(theta[-1])
+        return log_softmax(logq, axis=1)
+
+    def loss(theta: np.ndarray) -> float:
+        return -float(pooled(theta, P)[np.arange(yr.size), yr].mean())
+
+    res = minimize(loss, np.zeros(m), method="L-BFGS-B",
+                   bounds=[(-8, 8)] * (m - 1) + [(np.log(0.2), np.log(5.0))])
+    theta = res.x
+    q = np.exp(pooled(theta, np.stack(probs)))
+    return q, softmax(np.r_[0.0, theta[: m - 1]]), float(np.exp(theta[-1]))
+
+
+def estimate_noise_matrix(q: np.ndarray, y: np.ndarray, n_classes: int, *,
+                          anchor_fraction: float = 0.1, min_anchors: int = 60,
+                          prior_strength: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """T[i, j] ≈ P(given j | true i) from anchor regions (see the module docstring).
+
+    Class i's anchors: the ⌈f · (points labelled i)⌉ points with the highest out-of-fold q_i,
+    f = max(``anchor_fraction``, ``min_anchors`` / n) (small data need a larger share for a
+    usable count). All anchors together give one pooled noise rate ρ (the share of anchor labels
+    that are not their region's class); class i's row is its anchors' given-label histogram shrunk
+    towards the uniform-noise row (1 − ρ on the diagonal, ρ/(K − 1) elsewhere) with the weight of
+    ``prior_strength`` anchors, so a class-specific pattern (class-dependent flips) shows only
+    where a class has enough anchors to show it. A small ``anchor_fraction`` keeps the anchors to
+    points the models are sure of: uncertain points near a class boundary carry genuine ambiguity,
+    not label noise. Returns (T, anchor sizes).
+    """
+    n, K = q.shape
+    counts = np.bincount(y, minlength=n_classes)
+    frac = min(1.0, max(anchor_fraction, min_anchors / n))
+    hist = np.zeros((K, K))
+    sizes = np.zeros(K, dtype=np.int64)
+    for i in range(K):
+        if counts[i] == 0:
+            continue
+        m = int(min(n, max(1, np.ceil(frac * counts[i]))))
+        top = np.argpartition(-q[:, i], m - 1)[:m]
+        hist[i] = np.bincount(y[top], minlength=K)
+        sizes[i] = m
+    rho = (hist.sum() - np.trace(hist)) / max(hist.sum(), 1.0)
+    prior = np.full((K, K), rho / max(K - 1, 1))
+    np.fill_diagonal(prior, 1.0 - rho)
+    T = (hist + prior_strength * prior) / (sizes[:, None] + prior_strength)
+    return T, sizes
+
+
+def error_posterior(q: np.ndarray, y: np.ndarray, T: np.ndarray) -> np.ndarray:
+    """P(true i | x, given y) for every point: (n, K), rows sum to 1 (module docstring, step 4)."""
+    pi = q @ np.linalg.pinv(T)
+    pi = np.clip(pi, 0.0, None)
+    s = pi.sum(1, keepdims=True)
+    pi = np.where(s > 0, pi / np.where(s > 0, s, 1.0), q)
+    joint = pi * T[:, y].T          # π_i(x) · T[i, y(x)]
+    z = joint.sum(1, keepdims=True)
+    # T's column for y is 0 only when no true class ever gives y; then trust the label
+    post = np.where(z > 0, joint / np.where(z > 0, z, 1.0), np.eye(T.shape[0])[y])
+    return post
+
+
+def flag_errors(label_error_prob: np.ndarray, *, flag_precision: float | None = None,
+                threshold: float = 0.5) -> tuple[np.ndarray, dict]:
+    """The flags. With ``flag_precision``: the largest set of most-suspect points whose mean
+    label_error_prob (their expected precision) is at least the target. Otherwise every point with
+    label_error_prob ≥ ``threshold`` (0.5: more likely wrong than right). Returns
+    (mask, rule description)."""
+    p = np.asarray(label_error_prob, dtype=np.float64)
+    if flag_precision is None:
+        mask = p >= threshold
+        rule = {"rule": "threshold", "threshold": float(threshold)}
+    else:
+        if not 0.0 < flag_precision <= 1.0:
+            raise ValueError(f"flag_precision must lie in (0, 1], got {flag_precision}")
+        order = np.argsort(-p, kind="stable")
+        running = np.cumsum(p[order]) / np.arange(1, p.size + 1)
+        # running means of a descending sequence never increase: the set is a prefix
+        k = int(np.searchsorted(-running, -flag_precision + 1e-12, side="right"))
+        mask = np.zeros(p.size, dtype=bool)
+        mask[order[:k]] = True
+        rule = {"rule": "expected_precision", "flag_precision": float(flag_precision)}
+    rule["n_flagged"] = int(mask.sum())
+    rule["expected_precision"] = float(p[mask].mean()) if mask.any() else None
+    rule["expected_errors_flagged"] = float(p[mask].sum())
+    return mask, rule
+
+
+class LabelErrorDetector:
+    """Calibrated per-point probability that the given label is wrong (module docstring).
+
+    Parameters: ``models`` (out-of-fold candidates, pooled), ``n_folds`` (None: 5, or 2 at large
+    n), ``max_fit_rows`` (cap on the rows each fold's model is fitted on), ``anchor_fraction``
+    (share of each class used as its anchor region), ``seed``, ``n_jobs``.
+
+    After :meth:`fit`: ``oof_probs_`` (per model), ``pred_probs_`` (q: pooled, calibrated for
+    the given labels), ``weights_``, ``temperature_``, ``noise_matrix_`` (T), ``posterior_``
+    (P(true class | x, given label)), ``label_error_prob_``, ``suggested_`` (codes),
+    ``expected_errors_``, ``seconds_``.
+    """
+
+    def __init__(self, models: Sequence[str] = DEFAULT_MODELS, *, n_folds: int | None = None,
+                 max_fit_rows: int = 20_000, anchor_fraction: float = 0.1, seed: int = 0,
+                 n_jobs: int = 1):
+        self.models = models
+        self.n_folds = n_folds
+        self.max_fit_rows = max_fit_rows
+        self.anchor_fraction = anchor_fraction
+        self.seed = seed
+        self.n_jobs = n_jobs
+
+    def fit(self, train: Dataset, progress: ProgressCallback | None = None
+            ) -> LabelErrorDetector:
+        t0 = time.perf_counter()
+        unknown = [m for m in self.models if m not in KNOWN_MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"models must be a non-empty subset of {KNOWN_MODELS}, "
+                             f"got {list(self.models)}")
+        y, K = train.y, train.n_classes
+        self.n_folds_ = _n_folds(train.n, self.n_folds, self.max_fit_rows)
+        self.oof_probs_ = out_of_fold_probs(train, self.models, n_folds=self.n_folds_,
+                                            max_fit_rows=self.max_fit_rows, seed=self.seed,
+                                            n_jobs=self.n_jobs, progress=progress)
+        q, w, temp = _pool([self.oof_probs_[m] for m in self.models], y,
+                           max_rows=max(self.max_fit_rows, 1000), seed=self.seed)
+        self.pred_probs_, self.temperature_ = q, temp
+        self.weights_ = {m: float(x) for m, x in zip(self.models, w, strict=True)}
+        self.noise_matrix_, self.anchor_sizes_ = estimate_noise_matrix(
+            q, y, K, anchor_fraction=self.anchor_fraction)
+        self.posterior_ = error_posterior(q, y, self.noise_matrix_)
+        self.label_error_prob_ = 1.0 - self.posterior_[np.arange(train.n), y]
+        self.suggested_ = self.posterior_.argmax(1)
+        self.expected_errors_ = float(self.label_error_prob_.sum())
+        self.seconds_ = time.perf_counter() - t0
+        return self
