@@ -65,11 +65,23 @@ def test_progress_and_cancel(data):
     assert all(e.loss is not None for e in events)
 
     def cancel(p):
-        if p.step == 3:
+        if p.step >= 3:
             raise Cancelled
 
     with pytest.raises(Cancelled):
         HostCP(**FAST).fit(train, test, progress=cancel)
+
+
+def test_waves_report_progress_once_per_wave(data):
+    train, test = data
+    events = []
+    HostCP(**FAST, wave=2).fit(train, test, progress=events.append)
+    # 150 points in minibatches of 32: 5 per epoch, in waves of 2: 3 reports per epoch
+    assert [e.step for e in events] == [2, 4, 5, 7, 9, 10, 12, 14, 15]
+    assert events[-1].total == 15 and all(e.loss is not None and e.loss > 0 for e in events)
+    with pytest.raises(Cancelled):
+        HostCP(**FAST, wave=2).fit(train, test, progress=lambda p: (_ for _ in ()).throw(
+            Cancelled()) if p.step >= 4 else None)
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -139,3 +151,89 @@ def test_recalibrated_and_whole_test_set_lookahead_run(data):
     res = HostCP(0.2, **FAST, recalibrate=True, test_batch_size=10_000).fit(train, test)
     assert np.isfinite(res.values).all() and len(res.selected) == 30
     assert res.extra["phi_grad_norm_median"] > 0
+
+
+# ---------------------------------------------------------------- waves (issue 12)
+def _fit_pair(train, test, **kw):
+    """The per-minibatch algorithm and the wave code run at W = 1, same seed."""
+    a = HostCP(**kw)
+    a.fit(train, test)
+    b = HostCP(**kw)
+    b._wave_path_at_one = True
+    b.fit(train, test)
+    return a, b
+
+
+def test_wave_code_at_one_is_the_per_minibatch_algorithm(data):
+    """W = 1 through the wave code reproduces the per-minibatch loop: with φ frozen the whole
+    trajectory (u, mass, value and the subset) agrees to float32 rounding; with φ learned, the
+    one φ gradient of an epoch of one minibatch is the same."""
+    train, test = data
+    kw = dict(FAST, epochs=3, seed=3, learn_embedding=False)
+    a, b = _fit_pair(train, test, **kw)
+    for key in ("mean_u", "mass", "value"):
+        np.testing.assert_allclose(b.scores_[key], a.scores_[key], atol=2e-5, rtol=0)
+    np.testing.assert_array_equal(a.result.selected, b.result.selected)
+    # one minibatch per epoch: the φ gradient's norm (the median over that one step) agrees
+    small = train.subset(np.arange(32))
+    a, b = _fit_pair(small, test, **dict(FAST, epochs=2, seed=3))
+    assert a.result.extra["phi_grad_norm_median"] > 0
+    np.testing.assert_allclose(b.result.extra["phi_grad_norm_median"],
+                               a.result.extra["phi_grad_norm_median"], rtol=1e-5)
+
+
+def test_wave_one_is_the_default_and_waves_are_reproducible(data):
+    train, test = data
+    assert HostCP().wave == 1
+    a = HostCP(**FAST, wave=3, seed=2).fit(train, test)
+    b = HostCP(**FAST, wave=3, seed=2).fit(train, test)
+    np.testing.assert_array_equal(a.values, b.values)
+    assert a.extra["wave"] == 3 and a.extra["phi_grad_norm_median"] > 0
+    assert len(a.selected) == 30 and len(np.unique(a.selected)) == 30
+    # the GPU's solver (no read-back) and the CPU's (compacted) give the same run
+    c = HostCP(**FAST, wave=3, seed=2, layer_solver="static").fit(train, test)
+    np.testing.assert_allclose(c.values, a.values, atol=1e-6)
+
+
+def test_wave_problems_mask_a_short_minibatch(data):
+    """A short minibatch padded into a wave gets, on its real points, the distances (hence
+    the problem) it has alone; its padded points and old columns are masked."""
+    train, test = data
+    h = HostCP(**FAST)
+    torch.manual_seed(0)
+    from hostcp_core.hostcp import _Embedding
+    embed = _Embedding(12, 8, 16, cost_head=True)
+    torch.nn.init.normal_(embed.cost[-1].weight)   # a non-constant cost
+    params = dict(embed.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    R, Ro = torch.randn(2, 10, 12, generator=g), torch.randn(2, 6, 12, generator=g)
+    yb, yo = torch.randint(0, 2, (2, 10), generator=g), torch.randint(0, 2, (2, 6), generator=g)
+    real = torch.arange(10)[None, :] < torch.tensor([[10], [7]])
+    valid = torch.arange(6)[None, :] < torch.tensor([[6], [4]])
+    Dn, Do = h._problems(params, embed, R, Ro, yb, yo, real, valid)
+    dn, do = h._problems(params, embed, R[1:, :7], Ro[1:, :4], yb[1:, :7], yo[1:, :4],
+                         real[1:, :7], valid[1:, :4])
+    torch.testing.assert_close(Dn[1, :7, :7], dn[0])
+    torch.testing.assert_close(Do[1, :7, :4], do[0, :, :4])
+    assert (Dn[1, 7:] >= 1e3).all() and (Do[1, :7, 4:] >= 1e3).all()
+    assert (Do[1, 7:, -1] == 0).all() and (Do[0, :, -1] >= 1e3).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"wave": 0}, "wave"), ({"wave": "big"}, "wave"),
+                                             ({"layer_solver": "fast"}, "layer_solver")])
+def test_bad_wave_parameters(data, kwargs, message):
+    train, test = data
+    with pytest.raises(ValueError, match=message):
+        HostCP(**{**FAST, **kwargs}).fit(train, test)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_waves_on_cuda_match_cpu(data):
+    train, test = data
+    cpu = HostCP(**FAST, wave=3, seed=1, device="cpu").fit(train, test)
+    gpu = HostCP(**FAST, wave=3, seed=1, device="cuda").fit(train, test)
+    assert gpu.extra["wave"] == 3
+    # different kernels, so not bitwise: the runs stay close over three epochs
+    np.testing.assert_allclose(gpu.values, cpu.values, atol=0.1)
+    assert len(np.intersect1d(gpu.selected, cpu.selected)) >= 24

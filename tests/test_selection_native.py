@@ -277,3 +277,146 @@ def test_cuda_matches_cpu():
     Dn_r = Dn.clone().requires_grad_(True)
     solve_selection(Dn_r, Do, 6.0, eps=0.05).u.sum().backward()
     torch.testing.assert_close(Dn_c.grad.cpu(), Dn_r.grad, atol=1e-7, rtol=1e-6)
+
+
+# ---------------------------------------------------------------- batched solver without host reads
+from hostcp_core.selection._static import (  # noqa: E402
+    PAD_DISTANCE,
+    implicit_vjp,
+    mask_padding,
+    newton_compact,
+    newton_static,
+    solve_batch,
+)
+
+
+def _batch_instance(B=6, n=24, m=18, seed=5):
+    Dn, Do = _instance(n, m, batch=B, seed=seed)
+    return Dn, Do, torch.full((B,), 0.25 * n, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("check_every", [1, 8, None])
+def test_static_solver_matches_newton_solve(check_every):
+    Dn, Do, K = _batch_instance()
+    ref_a, ref_l, ref_p, ref_it, _ = _native.newton_solve(Dn, Do, K, 0.05)
+    # the fixed budget (check_every=None) must cover the slowest problem and its halvings
+    a, lam, p, it, res = newton_static(Dn, Do, K, 0.05, max_iter=60, check_every=check_every)
+    assert (res <= 1e-9).all()
+    assert it >= ref_it and (check_every is not None or it == 60)
+    for got, want in ((p.u, ref_p.u), (p.Zn, ref_p.Zn), (p.Zo, ref_p.Zo), (a, ref_a)):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=0)
+
+
+def test_compact_solver_is_newton_solve_per_problem():
+    Dn, Do, K = _batch_instance(seed=6)
+    a, lam, p, it, res = newton_compact(Dn, Do, K, 0.05)
+    per = [_native.newton_solve(Dn[b:b + 1], Do[b:b + 1], K[b:b + 1], 0.05) for b in range(6)]
+    assert (res <= 1e-9).all() and it == max(x[3] for x in per)
+    for b, (ra, _, rp, _, _) in enumerate(per):
+        torch.testing.assert_close(p.u[b], rp.u[0], atol=1e-12, rtol=0)
+        torch.testing.assert_close(a[b], ra[0], atol=1e-12, rtol=0)
+
+
+def test_fixed_budget_never_reads_back():
+    # On the meta device a tensor has no data: any read-back to Python (.item(), bool(),
+    # int()) raises, so this runs through only if the fixed-budget loop never reads.
+    Dn = torch.empty(3, 16, 16, dtype=torch.float64, device="meta")
+    Do = torch.empty(3, 16, 9, dtype=torch.float64, device="meta")
+    K = torch.empty(3, dtype=torch.float64, device="meta")
+    *_, it, res = newton_static(Dn, Do, K, 0.05, max_iter=5, check_every=None)
+    assert it == 5 and res.device.type == "meta"
+    with pytest.raises(RuntimeError):  # the checked variant does read (once per 2 steps here)
+        newton_static(Dn, Do, K, 0.05, max_iter=5, check_every=2)
+
+
+@pytest.mark.parametrize("mode", ["static", "adaptive"])
+def test_solve_batch_gradient_matches_autograd_layer(mode):
+    Dn, Do, K = _batch_instance(B=3, n=16, m=12, seed=8)
+    g = torch.Generator().manual_seed(1)
+    wu = torch.randn(3, 16, generator=g, dtype=torch.float64)
+    wn = torch.randn(3, 16, 16, generator=g, dtype=torch.float64)
+    Dn_r, Do_r = Dn.clone().requires_grad_(True), Do.clone().requires_grad_(True)
+    ref = solve_selection(Dn_r, Do_r, K, eps=0.05)
+    ((ref.u * wu).sum() + (ref.Zn * wn).sum()).backward()
+    sol = solve_batch(Dn, Do, K, 0.05, mode=mode)
+    torch.testing.assert_close(sol.u, ref.u.detach(), atol=1e-9, rtol=0)
+    gDn, gDo = implicit_vjp(sol.saved, 0.05, wn, torch.zeros_like(sol.Zo), wu)
+    torch.testing.assert_close(gDn, Dn_r.grad, atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(gDo, Do_r.grad, atol=1e-9, rtol=1e-7)
+
+
+def test_float32_static_solve_close_to_float64():
+    Dn, Do, K = _batch_instance(B=4, n=32, m=24, seed=9)
+    ref = solve_batch(Dn, Do, K, 0.05, mode="static")
+    sol = solve_batch(Dn.float(), Do.float(), K.float(), 0.05, tol=1e-5, mode="static")
+    assert sol.u.dtype == torch.float32 and float(sol.residual.max()) <= 1e-5
+    torch.testing.assert_close(sol.u.double(), ref.u, atol=2e-4, rtol=0)
+    assert torch.equal(select_top_k(sol.u, 8), select_top_k(ref.u, 8))
+
+
+@pytest.mark.parametrize("mode", ["static", "adaptive"])
+def test_padded_problem_equals_unpadded(mode):
+    """A minibatch of 20 points padded to 32 (and 9 of 14 old columns real), masked by
+    mask_padding, has the unpadded problem's solution and gradient on its real part."""
+    n_real, n, m_real, m = 20, 32, 9, 14
+    Dn, Do = _instance(n, m, batch=1, seed=11)
+    K = torch.tensor([0.25 * n_real], dtype=torch.float64)
+    real = torch.arange(n) < n_real
+    valid = torch.arange(m) < m_real
+    Dp, Op = mask_padding(Dn, Do, real[None], valid[None])
+    assert Op.shape == (1, n, m + 1) and float(Dp[0, n_real:, :].min()) == PAD_DISTANCE
+    Du, Ou = Dn[:, :n_real, :n_real], Do[:, :n_real, :m_real]
+    pad, unpad = solve_batch(Dp, Op, K, 0.05, mode=mode), solve_batch(Du, Ou, K, 0.05, mode=mode)
+    torch.testing.assert_close(pad.u[0, :n_real], unpad.u[0], atol=1e-9, rtol=0)
+    torch.testing.assert_close(pad.Zn[0, :n_real, :n_real], unpad.Zn[0], atol=1e-9, rtol=0)
+    torch.testing.assert_close(pad.Zo[0, :n_real, :m_real], unpad.Zo[0], atol=1e-9, rtol=0)
+    assert float(pad.u[0, n_real:].abs().max()) == 0.0          # padded points never open
+    assert float(pad.Zo[0, :n_real, m_real:].abs().max()) == 0.0  # nor serve or get served
+    torch.testing.assert_close(pad.Zo[0, n_real:, -1], torch.ones(n - n_real, dtype=Dn.dtype))
+    g = torch.randn(1, n_real, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    gp = torch.cat([g, torch.zeros(1, n - n_real, dtype=g.dtype)], 1)
+    gDp, gOp = implicit_vjp(pad.saved, 0.05, torch.zeros_like(pad.Zn), torch.zeros_like(pad.Zo),
+                            gp)
+    gDu, gOu = implicit_vjp(unpad.saved, 0.05, torch.zeros_like(unpad.Zn),
+                            torch.zeros_like(unpad.Zo), g)
+    torch.testing.assert_close(gDp[0, :n_real, :n_real], gDu[0], atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(gOp[0, :n_real, :m_real], gOu[0], atol=1e-9, rtol=1e-7)
+    assert float(gDp[0, n_real:].abs().max()) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replays_the_fixed_budget_solve():
+    """The fixed-budget solve captured as a CUDA graph and replayed on new data gives the
+    eager CPU solution (static shapes, no host reads inside)."""
+    Dn, Do, K = _batch_instance(B=8, n=32, m=24, seed=13)
+    sDn, sDo, sK = Dn.cuda(), Do.cuda(), K.cuda()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up outside the capture, as torch.cuda.graphs asks
+        newton_static(sDn, sDo, sK, 0.05, max_iter=40, check_every=None)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _, _, p, _, res = newton_static(sDn, sDo, sK, 0.05, max_iter=40, check_every=None)
+    Dn2, Do2, K2 = _batch_instance(B=8, n=32, m=24, seed=14)
+    sDn.copy_(Dn2)
+    sDo.copy_(Do2)
+    sK.copy_(K2)
+    graph.replay()
+    torch.cuda.synchronize()
+    ref = solve_batch(Dn2, Do2, K2, 0.05, mode="static")
+    assert float(res.max()) <= 1e-9
+    torch.testing.assert_close(p.u.cpu(), ref.u, atol=1e-8, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_static_float32_and_float64_match_cpu():
+    Dn, Do, K = _batch_instance(B=8, n=64, m=40, seed=15)
+    ref = solve_batch(Dn, Do, K, 0.05, mode="adaptive")
+    g64 = solve_batch(Dn.cuda(), Do.cuda(), K.cuda(), 0.05, mode="static")
+    g32 = solve_batch(Dn.cuda().float(), Do.cuda().float(), K.cuda().float(), 0.05, tol=1e-5,
+                      mode="static")
+    torch.testing.assert_close(g64.u.cpu(), ref.u, atol=1e-8, rtol=0)
+    torch.testing.assert_close(g32.u.cpu().double(), ref.u, atol=2e-4, rtol=0)
