@@ -57,10 +57,12 @@ _INFO: dict[str, dict[str, Any]] = {
         purpose="control", gpu=False,
         summary="Greedy facility location on standardised raw features; ignores labels and "
                 "the test set (a control for HOST-CP's learned embedding).",
-        cost=Cost("a dense n × n distance matrix (several float64 copies: ~32·n² bytes) and "
-                  "greedy picks over it: quadratic memory, more than quadratic time",
-                  2.0, 1000, 1.34, 8_000,
-                  "dense n × n matrices: about 2 GB of memory at 8,000 rows")),
+        cost=Cost("a dense n × n similarity matrix and ⌈γn⌉ greedy picks, each a pass over "
+                  "it: O(γ · n³) time, O(n²) memory (8·n² bytes per copy)",
+                  3.0, 1000, 1.34, 5_000,
+                  "greedy picks over a dense n × n matrix: time grows as n³ (about 3 minutes "
+                  "at 5,000 rows on a quiet 2-core machine, 20 s at 2,000 and 11 minutes at "
+                  "4,000 on a loaded one)")),
     "knn_shapley": dict(
         purpose="both", gpu=True,
         summary="Exact Shapley values of a K-nearest-neighbour classifier's test accuracy "
@@ -112,8 +114,9 @@ _INFO: dict[str, dict[str, Any]] = {
         summary="DVRL (Yoon et al. 2020): a data-value estimator trained by REINFORCE on the "
                 "validation (test) score of a predictor trained on its selections.",
         cost=Cost("iterations × a predictor trained on a batch of min(batch_size, n) rows: "
-                  "flat in n above batch_size (2000), plus one linear pass to score all rows",
-                  1.0, 1000, 313.0, None)),
+                  "flat in n above batch_size (2000 by default) apart from one linear pass to "
+                  "score every row; long at the defaults (2000 iterations)",
+                  0.0, 2000, 540.0, None)),
 }
 
 # One line per parameter. Names shared by every valuer first, then per method.

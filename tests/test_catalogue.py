@@ -47,7 +47,7 @@ def test_parameters_match_the_signature(method):
 
 
 def test_superlinear_methods_state_their_feasible_size():
-    for method in ("loo", "tmc_shapley", "facility_location"):
+    for method in ("loo", "tmc_shapley", "facility_location"):  # superlinear
         assert max_train(method) is not None
     for method in ("knn_shapley", "data_oob", "hostcp", "influence", "tracin", "random"):
         assert max_train(method) is None

@@ -76,8 +76,9 @@ def test_knn_shapley_chunks_equal_the_reference(tied_task, max_elements):
 
 
 def test_knn_shapley_memory_bound_sets_the_chunk():
-    assert chunk_size(1_000_000, 256) == 4
-    assert chunk_size(100_000, 256) == 41
+    assert chunk_size(1_000_000, 256) == 2  # the CPU default, 2^21 pairs
+    assert chunk_size(100_000, 256) == 20
+    assert chunk_size(1_000_000, 256, 2**25) == 33
     assert chunk_size(1000, 256) == 256
     assert chunk_size(10**9, 256) == 1
 

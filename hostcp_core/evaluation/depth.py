@@ -109,6 +109,7 @@ def evaluate_subset(
     epochs: int | None = None,
     hidden: Sequence[int] = (64, 64),
     quick: QuickSettings = QUICK,
+    num_threads: int | None = 1,
     progress: ProgressCallback | None = None,
 ) -> SubsetEvaluation:
     """Addition curves (the method's ``ranking`` and a random order) and ``selected`` against
@@ -120,6 +121,9 @@ def evaluate_subset(
     ``quick.max_epochs``). Fits use seed ``seed``; the random order is
     ``random_order(n, seed)`` and the random subset ``default_rng(seed).choice(n, k)`` as in
     the service and CLI. ``fractions=()`` leaves the curves out (only the subset check).
+    ``num_threads``: torch CPU threads while training (restored after; None leaves them): the
+    small MLP's many tiny ops run fastest on one thread, and on a shared 2-core machine two
+    threads were several times slower than one (spinning while descheduled).
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
@@ -169,23 +173,32 @@ def evaluate_subset(
                     "sample": "top ceil(f*n) by the ranking, then uniform without replacement "
                               "down to cap"}
 
+    import torch
+
     bs = fit_kw["batch_size"]
     units = [ep * max(1, -(-s.size // bs)) for ep, s in zip(plan, samples, strict=True)]
     total = max(1, sum(units))
     out = SubsetEvaluation(depth=depth, sampling=sampling)
     done = 0
-    for (name, step, f, rows), idx, ep, unit in zip(jobs, samples, plan, units, strict=True):
-        acc, ran = _fit_score(train, ev, idx, hidden=hidden, epochs=ep, seed=seed,
-                              device=device, fit_kw=fit_kw, progress=progress, done=done,
-                              total=total, label=name)
-        done += unit
-        report(progress, "evaluation", done, total, message=f"{name} {f:.3g}")
-        row = {"fraction": f, "n_points": int(rows.size), "n_fitted": int(idx.size),
-               "epochs": ran, "accuracy": acc}
-        if name in ("addition", "random"):
-            out.curves.append({"curve": name, "step": step, **row})
-        else:
-            setattr(out, name, row)
+    threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        for (name, step, f, rows), idx, ep, unit in zip(jobs, samples, plan, units, strict=True):
+            acc, ran = _fit_score(train, ev, idx, hidden=hidden, epochs=ep, seed=seed,
+                                  device=device, fit_kw=fit_kw, progress=progress, done=done,
+                                  total=total, label=name)
+            done += unit
+            report(progress, "evaluation", done, total, message=f"{name} {f:.3g}")
+            row = {"fraction": f, "n_points": int(rows.size), "n_fitted": int(idx.size),
+                   "epochs": ran, "accuracy": acc}
+            if name in ("addition", "random"):
+                out.curves.append({"curve": name, "step": step, **row})
+            else:
+                setattr(out, name, row)
+    finally:
+        torch.set_num_threads(threads)
+    out.sampling["num_threads"] = num_threads
     out.timings["total_s"] = time.perf_counter() - t0
     return out
 

@@ -12,8 +12,11 @@ from hostcp_core.valuer import Valuer
 from hostcp_core.valuers._common import chunks, standardise
 
 # Working arrays per chunk are (test points in the chunk) × N float64/int64; about ten of them
-# are alive at once, so peak extra memory ≈ 10 · 8 bytes · max_elements (≈ 340 MB at 2^22).
-DEFAULT_MAX_ELEMENTS = 2**22
+# are alive at once, so peak extra memory ≈ 10 · 8 bytes · max_elements: ≈ 170 MB at the CPU's
+# 2^21 (a chunk then takes well under a second on a core, so progress is frequent), ≈ 2.7 GB at
+# the GPU's 2^25 (fewer, larger kernels).
+DEFAULT_MAX_ELEMENTS = 2**21
+DEFAULT_MAX_ELEMENTS_CUDA = 2**25
 
 
 def chunk_size(n_train: int, batch: int, max_elements: int = DEFAULT_MAX_ELEMENTS) -> int:
@@ -72,14 +75,15 @@ class KNNShapley(Valuer):
     standardised by the training set (``standardize=False`` uses them as given).
 
     Scales to millions of training points: test points go in chunks of at most ``batch_size``
-    and at most ``max_elements`` test×train distances (memory O(n + max_elements)), on the GPU
-    when ``device`` resolves to CUDA."""
+    and at most ``max_elements`` test×train distances (memory O(n + max_elements), about 80
+    bytes per element; None: 2^21 on a CPU, 2^25 on a GPU), on the GPU when ``device``
+    resolves to CUDA."""
 
     name = "knn_shapley"
 
     def __init__(self, fraction: float = 0.2, seed: int = 0, device: str = "auto",
                  k: int = 10, standardize: bool = True, batch_size: int = 256,
-                 max_elements: int = DEFAULT_MAX_ELEMENTS):
+                 max_elements: int | None = None):
         self.fraction = fraction
         self.seed = seed
         self.device = device
@@ -91,6 +95,8 @@ class KNNShapley(Valuer):
     def _fit(self, train: Dataset, test: Dataset, *,
              progress: ProgressCallback | None) -> ValuationResult:
         dev = resolve_device(self.device)
+        max_elements = self.max_elements or (DEFAULT_MAX_ELEMENTS_CUDA if dev.type == "cuda"
+                                             else DEFAULT_MAX_ELEMENTS)
         if self.standardize:
             Xtr, Xte = standardise(train, test)
         else:
@@ -98,8 +104,9 @@ class KNNShapley(Valuer):
         values = knn_shapley_values(
             torch.as_tensor(Xtr, device=dev), torch.as_tensor(train.y, device=dev),
             torch.as_tensor(Xte, device=dev), torch.as_tensor(test.y, device=dev), self.k,
-            batch=self.batch_size, max_elements=self.max_elements, progress=progress)
-        b = chunk_size(train.n, self.batch_size, self.max_elements)
+            batch=self.batch_size, max_elements=max_elements, progress=progress)
+        b = chunk_size(train.n, self.batch_size, max_elements)
         return ValuationResult.from_values(values.cpu().numpy(), self.fraction, self.name,
+                                           params={"max_elements": max_elements},
                                            extra={"k": self.k, "device": str(dev),
                                                   "test_points_per_chunk": b})
