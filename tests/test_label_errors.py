@@ -154,7 +154,8 @@ def test_progress_is_reported_and_can_cancel(flipped):
     _, noisy, _, _ = flipped
     events = []
     LabelErrorDetector(models=("logistic", "forest"), seed=0).fit(noisy, progress=events.append)
-    assert [e.step for e in events] == list(range(11)) and events[-1].total == 10
+    # 2 models x 5 folds, each one fit and one predicted chunk
+    assert [e.step for e in events] == list(range(21)) and events[-1].total == 20
     assert {e.stage for e in events} == {"mislabels"}
 
     def cancel(event):

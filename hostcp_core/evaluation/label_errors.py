@@ -87,14 +87,15 @@ def out_of_fold_probs(
     max_fit_rows: int = 20_000,
     seed: int = 0,
     n_jobs: int = 1,
+    predict_chunk: int = 50_000,
     progress: ProgressCallback | None = None,
 ) -> dict[str, np.ndarray]:
     """Out-of-fold class probabilities of every training point, one (n, K) array per model.
 
     Each fold's model is fitted on at most ``max_fit_rows`` rows drawn at random from the other
     folds. ``n_folds=None`` uses 5 folds, or 2 when even half the data exceeds the cap (more folds
-    would only refit on equally capped samples). ``progress`` is called after every
-    (model, fold) fit, stage ``"mislabels"``.
+    would only refit on equally capped samples). ``progress`` is called (stage ``"mislabels"``)
+    after every fit and every ``predict_chunk`` predicted rows; it may raise to cancel.
     """
     from threadpoolctl import threadpool_limits
 
@@ -102,28 +103,35 @@ def out_of_fold_probs(
     n_folds = _n_folds(n, n_folds, max_fit_rows)
     splits = _folds(y, n_folds, seed)
     rng = np.random.default_rng(seed)
-    total = len(models) * len(splits)
+    # progress units: one per fit and one per predicted chunk, so a big fold still reports often
+    chunks = [int(np.ceil(oof.size / predict_chunk)) for _, oof in splits]
+    total = len(models) * (len(splits) + sum(chunks))
     out: dict[str, np.ndarray] = {}
     step = 0
     report(progress, "mislabels", 0, total)
     with threadpool_limits(n_jobs):  # the boosting's OpenMP and BLAS follow n_jobs
         for name in models:
             proba = np.full((n, K), 1.0 / K)
-            for fit_idx, oof_idx in splits:
+            for (fit_idx, oof_idx), n_chunks in zip(splits, chunks, strict=True):
                 if fit_idx.size > max_fit_rows:
                     fit_idx = np.sort(rng.choice(fit_idx, max_fit_rows, replace=False))
                 present = np.unique(y[fit_idx])
-                if present.size < 2:  # nothing to learn: the fold only ever saw one label
-                    proba[oof_idx] = 0.0
-                    proba[oof_idx, present[0]] = 1.0
-                else:
+                clf = None
+                if present.size >= 2:
                     clf = _make_model(name, seed, n_jobs, K, train.n_features)
                     clf.fit(X[fit_idx], y[fit_idx])
-                    p = np.zeros((oof_idx.size, K))
-                    p[:, clf.classes_] = clf.predict_proba(X[oof_idx])  # absent classes get 0
-                    proba[oof_idx] = p
                 step += 1
-                report(progress, "mislabels", step, total, message=name)
+                report(progress, "mislabels", step, total, message=f"{name}: fit")
+                for part in np.array_split(oof_idx, n_chunks):
+                    if clf is None:  # nothing to learn: the fold only ever saw one label
+                        proba[part] = 0.0
+                        proba[part, present[0]] = 1.0
+                    else:
+                        p = np.zeros((part.size, K))
+                        p[:, clf.classes_] = clf.predict_proba(X[part])  # absent classes: 0
+                        proba[part] = p
+                    step += 1
+                    report(progress, "mislabels", step, total, message=f"{name}: predict")
             out[name] = proba
     return out
 
