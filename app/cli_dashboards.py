@@ -70,16 +70,14 @@ def cmd_grant(args: argparse.Namespace) -> int:
         if not password:
             return _refused(ValueError(f"${args.password_env} is not set"))
     try:
-        results = [grant(_settings(), key=k, role=args.role, password=password)
-                   for k in args.key]
+        res = grant(_settings(), key=args.key, role=args.role, password=password)
     except ReportingError as exc:
         return _refused(exc)
-    if results[0].role_created:
+    if res.role_created:
         print(f"created role {args.role!r} (LOGIN"
               f"{', with a password' if password else ', no password set'})", file=sys.stderr)
-    for res in results:
-        for row in res.keys:
-            print(f"{res.role}\t{row.key_name}\t{row.key_prefix}")
+    for row in res.keys:
+        print(f"{res.role}\t{row.key_name}\t{row.key_prefix}")
     return 0
 
 

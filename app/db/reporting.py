@@ -20,7 +20,7 @@ table is refused: it would not be read-only, nor limited to its keys.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -174,14 +174,16 @@ def _password_sql(conn: Connection, password: str) -> str:
     return sql.Literal(password).as_string(conn.connection.driver_connection)
 
 
-def grant(settings: Settings, *, key: str, role: str, password: str | None = None
-          ) -> GrantResult:
+def grant(settings: Settings, *, key: str | Sequence[str], role: str,
+          password: str | None = None) -> GrantResult:
     """Let ``role`` read the reporting views, limited to the rows of the API keys named (or
-    prefixed) ``key``; creates the role (LOGIN) when it does not exist. Idempotent."""
+    prefixed) ``key`` (one or several); creates the role (LOGIN) when it does not exist.
+    Idempotent; all or nothing (one transaction)."""
     _check_role_name(role)
+    names = [key] if isinstance(key, str) else list(key)
     with get_engine(settings).begin() as conn:
         _require_postgres(conn)
-        keys = _find_keys(conn, key)
+        keys = [k for name in names for k in _find_keys(conn, name)]
         q = _quote(conn, role)
         created = not _role_exists(conn, role)
         if created:

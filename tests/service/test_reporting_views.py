@@ -549,6 +549,14 @@ def test_grant_refuses_unknown_keys_and_roles_that_could_read_more(pg_world, pg_
     assert reporting.list_grants(w.settings, reader) == []
     assert _cli(w.settings, ["dashboards", "grant", "--key", "team-a", "--role",
                              "bad name"]) == 2
+    # all or nothing: one unknown key of several grants none and creates no role
+    role = _role(pg_server)
+    assert _cli(w.settings, ["dashboards", "grant", "--key", "team-a", "--key", "nobody",
+                             "--role", role]) == 2
+    assert reporting.list_grants(w.settings, role) == []
+    with get_engine(w.settings).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pg_roles WHERE rolname = :r"),
+                            {"r": role}).scalar_one() == 0
 
 
 @pytest.mark.postgres
@@ -581,25 +589,29 @@ def test_suspend_views_lets_a_sqlite_batch_migration_alter_a_table_behind_them(t
     from alembic.runtime.migration import MigrationContext
     from sqlalchemy import Column, Integer
 
-    s = _settings(tmp_path)
-    upgrade(s)
-    engine = get_engine(s)
-
-    def add_column(name: str) -> None:
-        with engine.begin() as conn:
+    def add_column(settings: Settings, suspend: bool) -> None:
+        with get_engine(settings).begin() as conn:
             ops = Operations(MigrationContext.configure(conn))
-            with ops.batch_alter_table("jobs") as batch:
-                batch.add_column(Column(name, Integer))
+            if suspend:
+                with reporting.suspend_views(conn):
+                    # recreate: what batch mode does on SQLite for most changes (drop_column)
+                    with ops.batch_alter_table("jobs", recreate="always") as batch:
+                        batch.add_column(Column("spare", Integer))
+            else:
+                with ops.batch_alter_table("jobs", recreate="always") as batch:
+                    batch.add_column(Column("spare", Integer))
 
+    # what a migration meets without the helper (it leaves that database half-migrated)
+    bare = _settings(tmp_path / "bare")
+    upgrade(bare)
     with pytest.raises(DBAPIError, match="error in view reporting_"):
-        add_column("spare")  # what a future migration would meet without the helper
-    with engine.begin() as conn:
-        with reporting.suspend_views(conn):
-            ops = Operations(MigrationContext.configure(conn))
-            with ops.batch_alter_table("jobs") as batch:
-                batch.add_column(Column("spare", Integer))
-    with engine.connect() as conn:
+        add_column(bare, suspend=False)
+    helped = _settings(tmp_path / "helped")
+    upgrade(helped)
+    add_column(helped, suspend=True)
+    with get_engine(helped).connect() as conn:
         assert reporting.existing_views(conn) == sorted(reporting.VIEWS)
+        assert "spare" in [c[1] for c in conn.exec_driver_sql("PRAGMA table_info(jobs)")]
         assert conn.execute(text("SELECT count(*) FROM reporting_jobs_v1")).scalar_one() == 0
     dispose_engines()
 
