@@ -96,6 +96,10 @@ def _job_options(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter (VALUE parsed as JSON when it can be)")
+    p.add_argument("--evaluation", choices=("quick", "full", "none"), default=None,
+                   help="how the job evaluates its subset (the service's default: quick)")
+    p.add_argument("--flag-precision", type=float, default=None, metavar="P",
+                   help="flag the mislabels whose expected precision reaches P")
 
 
 def _params(pairs: list[str]) -> dict:
@@ -297,12 +301,17 @@ def cmd_remote_upload(args) -> int:
     return 0
 
 
+def _job_fields(args) -> dict:
+    return dict(method=args.method, fraction=args.fraction, seed=args.seed,
+                params=_params(args.param), methods=args.methods,
+                inject_flips=args.inject_flips, evaluation=args.evaluation,
+                flag_precision=args.flag_precision)
+
+
 @_guard
 def cmd_remote_submit(args) -> int:
     with _client(args) as c:
-        _print(c.submit_job(args.train, args.test, method=args.method, fraction=args.fraction,
-                            seed=args.seed, params=_params(args.param), methods=args.methods,
-                            inject_flips=args.inject_flips))
+        _print(c.submit_job(args.train, args.test, **_job_fields(args)))
     return 0
 
 
@@ -333,9 +342,7 @@ def cmd_remote_value(args) -> int:
                     format=args.data_format)
         train = c.upload_dataset(_resolve(args.train), **opts)
         test = c.upload_dataset(_resolve(args.test), **opts)
-        job = c.submit_job(train["id"], test["id"], method=args.method, fraction=args.fraction,
-                           seed=args.seed, params=_params(args.param), methods=args.methods,
-                           inject_flips=args.inject_flips)
+        job = c.submit_job(train["id"], test["id"], **_job_fields(args))
         print(f"job {job['id']} queued", file=sys.stderr)
         job = c.wait(job["id"], progress=True)
         for kind in ("subset", "values", "mislabels", "curves"):

@@ -90,10 +90,12 @@ class HostcpClient:
     def submit_job(self, train_dataset_id: str, test_dataset_id: str, *, method: str = "hostcp",
                    fraction: float = 0.2, seed: int = 0, params: dict | None = None,
                    methods: list[str] | None = None, inject_flips: float | None = None,
+                   evaluation: str | None = None, flag_precision: float | None = None,
                    idempotency_key: str | None = None) -> dict:
         """Queue a job. ``methods`` (with ``method="compare"``, the default when given) runs
         several methods on the same splits; ``inject_flips`` flips that share of the training
-        labels first (comparison jobs)."""
+        labels first (comparison jobs). ``evaluation``: "quick" (the service's default),
+        "full" or "none"; ``flag_precision``: the mislabel report's precision target."""
         if methods is not None and method == "hostcp":
             method = "compare"
         body = {"train_dataset_id": train_dataset_id, "test_dataset_id": test_dataset_id,
@@ -102,6 +104,10 @@ class HostcpClient:
             body["methods"] = list(methods)
         if inject_flips is not None:
             body["inject_flips"] = inject_flips
+        if evaluation is not None:
+            body["evaluation"] = evaluation
+        if flag_precision is not None:
+            body["flag_precision"] = flag_precision
         # a retried submit (e.g. after a timeout) must not start a second job
         key = idempotency_key or str(uuid.uuid4())
         return self._request("POST", "/v1/jobs", json=body,

@@ -12,7 +12,16 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.errors import install_error_handlers
 from app.api.middleware import RequestContextMiddleware
-from app.api.routes import dashboard, datasets, health, jobs, plots, results, selectors
+from app.api.routes import (
+    dashboard,
+    datasets,
+    health,
+    jobs,
+    methods,
+    plots,
+    results,
+    selectors,
+)
 from app.core.config import Settings, get_settings
 from app.db.migrate import ensure_schema
 from app.db.session import session_factory
@@ -81,7 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestContextMiddleware, upload_limit=settings.max_upload_bytes,
                        json_limit=settings.max_json_bytes)
-    for module in (datasets, jobs, results, plots, selectors, health, dashboard):
+    for module in (datasets, jobs, methods, results, plots, selectors, health, dashboard):
         app.include_router(module.router)
-    app.include_router(jobs.methods_router)
     return app

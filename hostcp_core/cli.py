@@ -19,6 +19,7 @@ import numpy as np
 
 from hostcp_core.data import split_test
 from hostcp_core.errors import DataError
+from hostcp_core.evaluation.depth import DEFAULT_DEPTH, DEPTHS, evaluate_subset
 from hostcp_core.loaders import load_train_test
 from hostcp_core.progress import Progress
 from hostcp_core.result import subset_size, to_jsonable
@@ -81,8 +82,6 @@ class _Bar:
 
 
 def cmd_value(args: argparse.Namespace) -> int:
-    from hostcp_core.models import accuracy, train_classifier
-
     train_path, test_path = resolve_sample(args.train), resolve_sample(args.test)
     params = _parse_params(args.param)
     valuer = get_valuer(args.method, fraction=args.fraction, seed=args.seed, **params)
@@ -97,8 +96,55 @@ def cmd_value(args: argparse.Namespace) -> int:
     finally:
         bar.close()
 
-    # Subset vs a random subset of the same size, scored on the held-out part of the test set.
+    summary = {
+        **result.summary(),
+        "train": str(args.train), "test": str(args.test),
+        "n_train": train.n, "n_test_valuation": valuation.n, "n_test_holdout": holdout.n,
+        "classes": list(train.classes),
+    }
+    summary.pop("extra", None)
+    check = _subset_check(args, train, holdout, result)
+    if check is not None:
+        summary["holdout_accuracy"] = check
+    _write_outputs(Path(args.out), result, train.ids, summary)
+    said = ("" if check is None else f"; held-out accuracy {check['subset']:.4f} (random subset "
+            f"of the same size: {check['random_subset']:.4f}, {args.evaluation} evaluation)")
+    print(f"{args.method}: selected {len(result.selected)} of {train.n} points{said}; wrote "
+          f"{args.out}/subset.csv, values.csv, summary.json")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from hostcp_core.catalogue import catalogue
+
+    entries = [m for m in catalogue() if m["name"] in available_methods()]
+    if args.json:
+        print(json.dumps(entries, indent=2, default=to_jsonable))
+        return 0
+    for m in entries:
+        limit = "any size" if m["max_train"] is None else f"up to {m['max_train']:,} rows"
+        print(f"{m['name']}  [{m['purpose']}; {'GPU or CPU' if m['gpu'] else 'CPU'}; {limit}]")
+        print(f"    {m['summary']}")
+        print(f"    cost: {m['cost']['model']}")
+        params = ", ".join(f"{p['name']}={p['default']!r}" for p in m["parameters"])
+        print(f"    parameters: {params or '-'}")
+    return 0
+
+
+def _subset_check(args: argparse.Namespace, train, holdout, result) -> dict | None:
+    """The subset against a random subset of the same size, scored on the held-out part of the
+    test set, at the chosen depth: "full" trains on every point, ``--eval-repeats`` seeds;
+    "quick" trains once per subset on a capped sample (``evaluate_subset``); "none" skips."""
     k = subset_size(train.n, args.fraction)
+    if args.evaluation == "none":
+        return None
+    if args.evaluation == "quick":
+        ev = evaluate_subset(train, holdout, result.ranking(), result.selected, depth="quick",
+                             fractions=(), seed=args.seed)
+        return {"subset": ev.subset["accuracy"], "random_subset": ev.random_subset["accuracy"],
+                "subset_size": k, "repeats": 1, "depth": "quick", "sampling": ev.sampling}
+    from hostcp_core.models import accuracy, train_classifier  # torch: only when used
+
     rng = np.random.default_rng(args.seed)
     eval_seeds = range(args.seed, args.seed + args.eval_repeats)
 
@@ -107,23 +153,10 @@ def cmd_value(args: argparse.Namespace) -> int:
                                                         train.n_classes, seed=s),
                                        holdout.X, holdout.y) for s in eval_seeds]))
 
-    acc_subset = holdout_acc(result.selected)
     acc_random = float(np.mean([holdout_acc(rng.choice(train.n, k, replace=False))
                                 for _ in range(args.eval_repeats)]))
-    summary = {
-        **result.summary(),
-        "train": str(args.train), "test": str(args.test),
-        "n_train": train.n, "n_test_valuation": valuation.n, "n_test_holdout": holdout.n,
-        "classes": list(train.classes),
-        "holdout_accuracy": {"subset": acc_subset, "random_subset": acc_random,
-                             "subset_size": k, "repeats": args.eval_repeats},
-    }
-    summary.pop("extra", None)
-    _write_outputs(Path(args.out), result, train.ids, summary)
-    print(f"{args.method}: selected {len(result.selected)} of {train.n} points; held-out "
-          f"accuracy {acc_subset:.4f} (random subset of the same size: {acc_random:.4f}); "
-          f"wrote {args.out}/subset.csv, values.csv, summary.json")
-    return 0
+    return {"subset": holdout_acc(result.selected), "random_subset": acc_random,
+            "subset_size": k, "repeats": args.eval_repeats, "depth": "full"}
 
 
 def _write_outputs(out: Path, result, ids, summary: dict) -> None:
@@ -153,12 +186,22 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.3,
                    help="fraction of the test set kept out of valuation, for evaluation")
-    p.add_argument("--eval-repeats", type=int, default=3)
+    p.add_argument("--evaluation", choices=DEPTHS, default=DEFAULT_DEPTH,
+                   help="the subset-vs-random check: quick (default: one fit per subset on a "
+                   "capped sample, bounded cost at any size), full (every point, "
+                   "--eval-repeats seeds) or none")
+    p.add_argument("--eval-repeats", type=int, default=3, help="seeds of a full evaluation")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="method parameter (JSON value), repeatable")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_value)
+
+    p = sub.add_parser("methods", help="the method catalogue: purpose, GPU, cost, size limit, "
+                       "parameters")
+    p.add_argument("--json", action="store_true", help="print the catalogue as JSON (the same "
+                   "as GET /v1/methods)")
+    p.set_defaults(func=cmd_methods)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,15 @@ class JobCreate(BaseModel):
                                        "share of training labels the job flips (seeded) "
                                        "before valuing, to score flip detection; 0 or absent: "
                                        "none")
+    # None (absent) means the default; absent fields keep stored Idempotency-Key fingerprints
+    evaluation: Literal["quick", "full", "none"] | None = Field(
+        None, description='how the subset is evaluated after valuation: "quick" (default: '
+        "learners fitted on a capped, stated sample per fraction, bounded cost at any size), "
+        '"full" (every fit on all its points; cost grows with the data) or "none"')
+    flag_precision: float | None = Field(
+        None, gt=0, lt=1, description="the mislabel report flags the largest set of points "
+        "whose expected precision (mean probability that the given label is wrong) reaches "
+        "this; absent: the report's default rule")
 
     @model_validator(mode="after")
     def _comparison_fields(self) -> JobCreate:
@@ -91,6 +100,9 @@ class JobPublic(BaseModel):
     seed: int
     methods: list[str] | None = None
     inject_flips: float | None = None
+    evaluation: str | None = None
+    flag_precision: float | None = None
+    expected_label_errors: float | None = None
     train_dataset_id: str
     test_dataset_id: str
     queue: str
@@ -134,6 +146,8 @@ class MislabelRow(BaseModel):
     id: str | None = None
     given_label: str
     suggested_label: str | None
+    suggested_prob: float | None = None
+    label_error_prob: float | None = None
     score: float | None
     rank: int | None
     suspected: bool
@@ -167,5 +181,27 @@ class CurvesPage(BaseModel):
     next_page_token: str | None = None
 
 
+class MethodParameter(BaseModel):
+    name: str
+    type: str | None = None
+    default: Any = None
+    required: bool = False
+    doc: str | None = None
+
+
+class MethodInfo(BaseModel):
+    """One method's catalogue entry (``hostcp_core.catalogue``)."""
+
+    name: str
+    purpose: str
+    summary: str
+    gpu: bool
+    max_train: int | None = Field(None, description="the largest training set a job of this "
+                                  "method accepts (None: no limit); larger ones get 422")
+    cost: dict[str, Any]
+    parameters: list[MethodParameter]
+
+
 class MethodsList(BaseModel):
     methods: list[str]
+    catalogue: list[MethodInfo] = Field(default_factory=list)

@@ -32,6 +32,8 @@ BODY_TOO_LARGE = ProblemType("body-too-large", "Request body exceeds the size li
 INVALID_REQUEST = ProblemType("invalid-request", "The request is not valid", 422)
 INVALID_DATA = ProblemType("invalid-data", "The data are not usable", 422)
 INVALID_PARAMETERS = ProblemType("invalid-parameters", "Unknown method or parameter", 422)
+TOO_LARGE_FOR_METHOD = ProblemType("too-large-for-method",
+                                   "The training set is larger than the method accepts", 422)
 UNKNOWN_DATASET = ProblemType("unknown-dataset", "Referenced dataset not found", 422)
 INVALID_PAGE_TOKEN = ProblemType("invalid-page-token", "The page token is not valid", 400)
 JOB_NOT_FINISHED = ProblemType("job-not-finished", "The job has no results yet", 409)

@@ -110,6 +110,10 @@ class Job(Base):
     # the job flips before valuing (None: none flipped)
     methods: Mapped[list | None] = mapped_column(JSON)
     inject_flips: Mapped[float | None] = mapped_column(Float)
+    # how deeply the job evaluates its subset ("quick", "full", "none"; None: before the option
+    # existed, evaluated in full), and the mislabel report's precision target (None: default)
+    evaluation: Mapped[str | None] = mapped_column(String(8))
+    flag_precision: Mapped[float | None] = mapped_column(Float)
     queue: Mapped[str] = mapped_column(String(64))
 
     status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)

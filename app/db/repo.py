@@ -126,10 +126,12 @@ def _before(ts_col, id_col, after: tuple[datetime, str]):
 def create_job(session: Session, *, owner_id: int, train_dataset_id: str, test_dataset_id: str,
                method: str, params: dict, fraction: float, seed: int, queue: str,
                max_attempts: int, methods: list[str] | None = None,
-               inject_flips: float | None = None) -> Job:
+               inject_flips: float | None = None, evaluation: str | None = None,
+               flag_precision: float | None = None) -> Job:
     job = Job(id=str(uuid.uuid4()), owner_id=owner_id, train_dataset_id=train_dataset_id,
               test_dataset_id=test_dataset_id, method=method, params=params, fraction=fraction,
-              seed=seed, methods=methods, inject_flips=inject_flips, queue=queue,
+              seed=seed, methods=methods, inject_flips=inject_flips, evaluation=evaluation,
+              flag_precision=flag_precision, queue=queue,
               status=JobStatus.QUEUED, progress=0.0,
               cancel_requested=False, attempts=0, max_attempts=max_attempts, stage="queued")
     session.add(job)

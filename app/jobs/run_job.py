@@ -16,11 +16,13 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
+import numpy as np
 from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from app.core import problems
 from app.core.config import Settings, get_settings
+from app.db.bulk import insert_columns
 from app.db.models import CurvePoint, DatasetRecord, Job, JobStatus, MethodPoint, PointResult
 from app.db.session import session_scope
 from app.db.types import utcnow
@@ -146,8 +148,8 @@ class _Outcome:
 
 def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome:
     from hostcp_core import DataError, split_test
-    from hostcp_core.evaluation import addition_curve, mislabel_report, random_order
-    from hostcp_core.evaluation.curves import subset_accuracy
+    from hostcp_core.evaluation import mislabel_report
+    from hostcp_core.evaluation.depth import evaluate_subset
 
     reporter.phase("loading")
     with session_scope(settings) as s:
@@ -157,6 +159,8 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
         method, params = job.method, dict(job.params or {})
         fraction, seed = job.fraction, job.seed
         methods, inject_flips = job.methods, job.inject_flips
+        # jobs from before the option existed were evaluated in full
+        depth = job.evaluation or "full"
         on_gpu = job.queue == settings.queue_gpu
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -201,68 +205,66 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
 
     reporter.phase("curves")
     t = time.perf_counter()
-    fractions = [f for f in settings.curve_fractions if 0 < f <= 1]
-    curves = []
-    orders = {"addition": result.ranking(), "random": random_order(train.n, seed=seed)}
-    total = 2 * len(fractions) + 1
-    done = 0
-    for name, order in orders.items():
-        frame = addition_curve(train, holdout, order, fractions, epochs=settings.curve_epochs,
-                               seed=seed, device=device)
-        for step, row in enumerate(frame.itertuples(index=False)):
-            curves.append({"curve": name, "step": step, "fraction": float(row.fraction),
-                           "n_points": int(row.n_points), "value": float(row.accuracy)})
-        done += len(fractions)
-        reporter.callback(_event("curves", done, total))
-    acc = subset_accuracy(train, holdout, result.selected, epochs=settings.curve_epochs,
-                          seed=seed, device=device)
-    curves.append({"curve": "subset", "step": 0, "fraction": len(result.selected) / train.n,
-                   "n_points": int(len(result.selected)), "value": float(acc)})
+    order = result.ranking()
+    evaluation = evaluate_subset(
+        train, holdout, order, result.selected, depth=depth,
+        fractions=[f for f in settings.curve_fractions if 0 < f <= 1], seed=seed,
+        device=device, epochs=settings.curve_epochs,  # quick: the most a fit may run
+        progress=reporter.callback)
     timings["curves_s"] = time.perf_counter() - t
 
     summary.update({"n_selected": int(len(result.selected)),
                     "n_suspected": int(report["suspected"].sum()),
+                    "evaluation": jsonable({**evaluation.sampling,
+                                            "subset": evaluation.subset,
+                                            "random_subset": evaluation.random_subset}),
                     "method_params": jsonable(result.params), "extra": jsonable(result.extra),
                     "method_timings": jsonable(result.timings)})
-    return _Outcome(train=train, result=result, order=orders["addition"], report=report,
-                    curves=curves, timings=timings, summary=summary, method_points=[])
+    return _Outcome(train=train, result=result, order=order, report=report,
+                    # the random subset's accuracy is in the summary, not a curve of its own
+                    curves=[c for c in evaluation.curve_points() if c["curve"] != "random_subset"],
+                    timings=timings, summary=summary,
+                    method_points=[])
 
 
-def _event(stage: str, step: int, total: int):
-    from hostcp_core import Progress
-
-    return Progress(stage=stage, step=step, total=total)
-
-
-def _point_rows(job_id: str, outcome: _Outcome) -> list[dict]:
-    train, result, report = outcome.train, outcome.result, outcome.report
-    n = train.n
+def _point_columns(job_id: str, outcome: _Outcome) -> dict[str, np.ndarray | list]:
+    """``job_points`` column-wise, in point order (no object per row: a million rows cost a
+    few arrays)."""
     from hostcp_core.evaluation import positions
 
-    rank = positions(outcome.order)
-    selected = result.selected_mask
-    by_index = report.set_index("index")
-    given = train.label_names()
-    ids = train.ids
-    rows = []
-    for i in range(n):
-        r = by_index.loc[i]
-        rows.append({
-            "job_id": job_id, "point_index": i,
-            "point_id": None if ids is None else str(ids[i]),
-            "score": float(result.values[i]), "rank": int(rank[i]),
-            "selected": bool(selected[i]), "given_label": str(given[i]),
-            "suggested_label": str(r["suggested_label"]),
-            "mislabel_score": float(r["score"]), "mislabel_rank": int(r["rank"]),
-            "suspected_mislabel": bool(r["suspected"]),
-        })
-    return rows
+    train, result = outcome.train, outcome.result
+    n = train.n
+    report = outcome.report.sort_values("index", kind="stable")
+    if not np.array_equal(report["index"].to_numpy(), np.arange(n)):
+        raise ValueError("the mislabel report does not hold every training point once")
+
+    def floats(name: str) -> np.ndarray | list:
+        if name not in report:  # a report without the column: NULLs
+            return [None] * n
+        return report[name].to_numpy(dtype=np.float64)
+
+    return {
+        "job_id": [job_id] * n,
+        "point_index": np.arange(n),
+        "point_id": [None] * n if train.ids is None else [str(i) for i in train.ids],
+        "score": np.asarray(result.values, dtype=np.float64),
+        "rank": positions(outcome.order),
+        "selected": result.selected_mask,
+        "given_label": train.label_names().astype(str).tolist(),
+        "suggested_label": report["suggested_label"].astype(str).tolist(),
+        "suggested_prob": floats("suggested_prob"),
+        "label_error_prob": floats("label_error_prob"),
+        "mislabel_score": floats("score"),
+        "mislabel_rank": report["rank"].to_numpy(dtype=np.int64),
+        "suspected_mislabel": report["suspected"].to_numpy(dtype=bool),
+    }
 
 
 def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
              total_s: float) -> str:
     """All results and the final state in ONE transaction, only while we hold the lease."""
-    points = _point_rows(job_id, outcome)
+    points = _point_columns(job_id, outcome)
+    expected_errors = outcome.report.attrs.get("expected_errors")
     now = utcnow()
     with session_scope(settings) as s:
         res = s.execute(
@@ -271,7 +273,9 @@ def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
                    Job.status == JobStatus.RUNNING, Job.cancel_requested.is_(False))
             .values(status=JobStatus.SUCCEEDED, stage="done", progress=1.0, finished_at=now,
                     updated_at=now, lease_owner=None, error=None,
-                    timings={**outcome.timings, "total_s": total_s}, summary=outcome.summary))
+                    timings={**outcome.timings, "total_s": total_s}, summary=outcome.summary,
+                    expected_label_errors=None if expected_errors is None
+                    else float(expected_errors)))
         if res.rowcount != 1:
             s.rollback()
             job = s.get(Job, job_id)
@@ -284,7 +288,7 @@ def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
         s.execute(delete(PointResult).where(PointResult.job_id == job_id))
         s.execute(delete(CurvePoint).where(CurvePoint.job_id == job_id))
         s.execute(delete(MethodPoint).where(MethodPoint.job_id == job_id))
-        s.execute(insert(PointResult), points)
+        insert_columns(s, PointResult.__table__, points)
         if outcome.curves:
             s.execute(insert(CurvePoint), [{"job_id": job_id, **c} for c in outcome.curves])
         if outcome.method_points:  # comparison jobs: every method's values

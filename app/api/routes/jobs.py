@@ -14,18 +14,18 @@ from sqlalchemy.orm import Session
 from app.api.deps import PrincipalDep, SessionDep, SettingsDep
 from app.api.idempotency import Idempotency, check_key
 from app.api.pagination import clamp_page_size, decode_token, encode_token
-from app.api.schemas import JobCreate, JobPublic, JobsPage, MethodsList
+from app.api.schemas import JobCreate, JobPublic, JobsPage
 from app.core import problems
-from app.core.config import Settings
 from app.core.problems import Problem
 from app.db import repo
 from app.db.models import DatasetRecord, Job, JobStatus
 from app.jobs import dispatch
 from app.jobs.methods import COMPARE, build_valuer, build_valuers
-from app.storage import Storage, arrays_dataset
+from hostcp_core import METHODS, check_feasible
+from hostcp_core.catalogue import max_train
+from hostcp_core.evaluation.depth import DEFAULT_DEPTH
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-methods_router = APIRouter(prefix="/v1/methods", tags=["methods"])
 
 RETRY_AFTER_S = "2"
 
@@ -49,20 +49,43 @@ def owned_job(session: Session, principal_id: int, job_id: str) -> Job:
     return job
 
 
-def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord,
-              settings: Settings) -> None:
-    """Refuse a job that could only fail: unusable data, unknown method or parameter."""
-    from hostcp_core import DataError, check_compatible, validate_train
+def _check_data(train: DatasetRecord, test: DatasetRecord) -> None:
+    """The checks of ``hostcp_core.validate_train`` and ``check_compatible``, read from the
+    datasets' records (their arrays were validated at upload): a submit never loads a
+    dataset, whatever its size."""
+    present = [c for c, k in zip(train.classes, train.class_counts, strict=True) if k > 0]
+    if train.n_rows < 2:
+        raise Problem(problems.INVALID_DATA, f"{train.name}: needs at least 2 rows, has "
+                      f"{train.n_rows}")
+    if len(present) < 2:
+        raise Problem(problems.INVALID_DATA, f"{train.name}: a single class ({present[0]!r}); "
+                      "valuation needs at least two")
+    if test.n_features != train.n_features:
+        raise Problem(problems.INVALID_DATA, f"{test.name}: {test.n_features} features, but "
+                      f"the training set {train.name} has {train.n_features}")
+    if train.feature_names and test.feature_names and train.feature_names != test.feature_names:
+        diff = [f for f in test.feature_names if f not in set(train.feature_names)][:3]
+        raise Problem(problems.INVALID_DATA, f"{test.name}: feature columns differ from the "
+                      f"training set's (e.g. {', '.join(map(repr, diff)) or 'their order'})")
+    unknown = [c for c in test.classes if c not in set(train.classes)]
+    if unknown:
+        shown = ", ".join(repr(u) for u in unknown[:5])
+        raise Problem(problems.INVALID_DATA, f"{test.name}: labels not seen in the training "
+                      f"set: {shown}")
 
-    store = Storage(settings.storage_root)
-    try:
-        train = arrays_dataset(store.load_arrays(train_rec.array_path), name=train_rec.name)
-        validate_train(train)
-        test = arrays_dataset(store.load_arrays(test_rec.array_path), classes=train.classes,
-                              name=test_rec.name)
-        check_compatible(train, test)
-    except DataError as exc:
-        raise Problem(problems.INVALID_DATA, str(exc)) from None
+
+def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord) -> None:
+    """Refuse a job that could only fail: unusable data, unknown method or parameter, or a
+    training set larger than a method accepts (422 naming the limit and the methods that fit)."""
+    _check_data(train_rec, test_rec)
+    for method in body.methods if body.method == COMPARE else [body.method]:
+        try:
+            check_feasible(method, train_rec.n_rows, test_rec.n_rows)
+        except ValueError as exc:
+            if method not in METHODS:  # unknown: build_valuer below says so in its words
+                break
+            raise Problem(problems.TOO_LARGE_FOR_METHOD, str(exc), method=method,
+                          max_train=max_train(method), n_train=train_rec.n_rows) from None
     try:
         if body.method == COMPARE:
             build_valuers(body.methods, fraction=body.fraction, seed=body.seed,
@@ -71,9 +94,10 @@ def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord
             build_valuer(body.method, fraction=body.fraction, seed=body.seed, params=body.params)
     except ValueError as exc:
         raise Problem(problems.INVALID_PARAMETERS, str(exc)) from None
-    if body.inject_flips is not None and round(body.inject_flips * train.n) < 1:
+    n = train_rec.n_rows
+    if body.inject_flips is not None and round(body.inject_flips * n) < 1:
         raise Problem(problems.INVALID_PARAMETERS, f"inject_flips={body.inject_flips} flips no "
-                      f"label of {train.n} training points; ask for at least {1 / train.n:.3g}")
+                      f"label of {n} training points; ask for at least {1 / n:.3g}")
 
 
 def _device(body: JobCreate) -> str | None:
@@ -106,12 +130,14 @@ def create_job(body: JobCreate, request: Request, session: SessionDep, settings:
             recs[field] = repo.get_dataset(session, owner_id=principal.id, dataset_id=ident)
             if recs[field] is None:
                 raise Problem(problems.UNKNOWN_DATASET, f"{field}: no dataset {ident}")
-        _validate(body, recs["train_dataset_id"], recs["test_dataset_id"], settings)
+        _validate(body, recs["train_dataset_id"], recs["test_dataset_id"])
         job = repo.create_job(session, owner_id=principal.id,
                               train_dataset_id=body.train_dataset_id,
                               test_dataset_id=body.test_dataset_id, method=body.method,
                               params=body.params, fraction=body.fraction, seed=body.seed,
                               methods=body.methods, inject_flips=body.inject_flips,
+                              evaluation=body.evaluation or DEFAULT_DEPTH,
+                              flag_precision=body.flag_precision,
                               queue=settings.queue_for(_device(body)),
                               max_attempts=settings.max_attempts)
         session.commit()  # the row exists before any worker can hear of it
@@ -168,10 +194,3 @@ def cancel_job(job_id: str, session: SessionDep, principal: PrincipalDep) -> Job
     job = repo.request_cancel(session, job=job)
     session.commit()
     return job_public(job)
-
-
-@methods_router.get("", response_model=MethodsList)
-def list_methods(_principal: PrincipalDep) -> MethodsList:
-    from hostcp_core import available_methods
-
-    return MethodsList(methods=available_methods())

@@ -1,0 +1,46 @@
+"""Inserting many rows without an ORM object (or a dict) per row: Postgres ``COPY`` in the
+session's transaction, batched ``executemany`` elsewhere (SQLite). Memory is bounded by one
+batch, whatever the number of rows."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from sqlalchemy import Table, insert
+from sqlalchemy.orm import Session
+
+BATCH = 20_000
+
+
+def _as_list(column, start: int, stop: int) -> list:
+    part = column[start:stop]
+    return part.tolist() if isinstance(part, np.ndarray) else list(part)  # numpy -> Python
+
+
+def insert_columns(session: Session, table: Table, columns: Mapping[str, Sequence | np.ndarray],
+                   *, batch: int = BATCH) -> int:
+    """Insert the rows given column-wise (every column the same length; a scalar-free
+    mapping of name -> values) into ``table`` inside ``session``'s transaction; returns the
+    number of rows."""
+    names = list(columns)
+    lengths = {len(columns[c]) for c in names}
+    if len(lengths) != 1:
+        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+    (n,) = lengths
+    conn = session.connection()
+    if conn.dialect.name == "postgresql":
+        raw = conn.connection.driver_connection  # psycopg 3, in this transaction
+        cols = ", ".join(f'"{c}"' for c in names)
+        with raw.cursor() as cur, cur.copy(f'COPY "{table.name}" ({cols}) FROM STDIN') as copy:
+            for start in range(0, n, batch):
+                parts = [_as_list(columns[c], start, start + batch) for c in names]
+                for row in zip(*parts, strict=True):
+                    copy.write_row(row)
+        return n
+    stmt = insert(table)
+    for start in range(0, n, batch):
+        parts = [_as_list(columns[c], start, start + batch) for c in names]
+        conn.execute(stmt, [dict(zip(names, row, strict=True)) for row in zip(*parts,
+                                                                              strict=True)])
+    return n

@@ -1,0 +1,28 @@
+"""job options: evaluation depth and the mislabel report's precision target
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-30 00:10:00.000000
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("evaluation", sa.String(length=8), nullable=True))
+        batch_op.add_column(sa.Column("flag_precision", sa.Float(), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("flag_precision")
+        batch_op.drop_column("evaluation")
