@@ -118,6 +118,10 @@ def _check_role_name(role: str) -> None:
                              "starting with a digit)")
 
 
+def _database(conn: Connection) -> str:
+    return conn.execute(text("SELECT current_database()")).scalar_one()
+
+
 def _quote(conn: Connection, name: str) -> str:
     return conn.dialect.identifier_preparer.quote_identifier(name)
 
@@ -196,6 +200,8 @@ def grant(settings: Settings, *, key: str | Sequence[str], role: str,
                                  f"role: {'; '.join(reasons)}")
         if password is not None:
             conn.execute(text(f"ALTER ROLE {q} PASSWORD {_password_sql(conn, password)}"))
+        # PUBLIC normally has CONNECT; a hardened server may have taken it away
+        conn.execute(text(f"GRANT CONNECT ON DATABASE {_quote(conn, _database(conn))} TO {q}"))
         conn.execute(text(f"GRANT USAGE ON SCHEMA {SCHEMA} TO {q}"))
         conn.execute(text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {SCHEMA} TO {q}"))
         # views a later migration adds (created by this same user) are readable too
@@ -233,6 +239,8 @@ def revoke(settings: Settings, *, role: str, key: str | None = None,
                               f"REVOKE SELECT ON TABLES FROM {r}"))
             conn.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA {SCHEMA} FROM {r}"))
             conn.execute(text(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM {r}"))
+            conn.execute(text(f"REVOKE CONNECT ON DATABASE {_quote(conn, _database(conn))} "
+                              f"FROM {r}"))
             if drop_role:
                 try:
                     conn.execute(text(f"DROP ROLE {r}"))
