@@ -12,6 +12,10 @@ beside the figures: on a shared machine they matter.
 
     python benchmarks/library_scale.py --sizes 100000,1000000 --threads 2 \
         --out results/scale/library_scale.md
+
+``--depth-check N`` instead compares the quick and full evaluations on an N-row task (KNN-Shapley
+ranking, seeds given by ``--seeds``): both curves, the subset checks and the seconds, side by
+side, so one can see whether the quick depth tells the same story at a fraction of the cost.
 """
 
 from __future__ import annotations
@@ -121,6 +125,117 @@ def run_stage(stage: str, n: int, threads: int, workdir: Path, cancel_after: flo
     return out
 
 
+def depth_check(n: int, seeds: list[int], out: str | None) -> None:
+    """Quick vs full evaluation of the same KNN-Shapley ranking, per seed."""
+    import torch
+
+    from hostcp_core import get_valuer, split_test
+    from hostcp_core.evaluation.depth import evaluate_subset
+
+    torch.set_num_threads(1)
+    lines = ["| seed | depth | seconds | " + " | ".join(
+        f"{c} {f:g}" for c in ("add", "rand") for f in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0))
+        + " | subset | random subset |", "|---|---|---:|" + "---:|" * 14]
+    for seed in seeds:
+        train, test, _ = make_scale_task(n, seed=seed)
+        valuation, holdout = split_test(test, 0.3, seed=seed)
+        res = get_valuer("knn_shapley", device="cpu", seed=seed).fit(train, valuation)
+        for depth in ("quick", "full"):
+            ev = evaluate_subset(train, holdout, res.ranking(), res.selected, depth=depth,
+                                 seed=seed, epochs=30 if depth == "full" else None)
+            accs = [r["accuracy"] for r in ev.curves]
+            lines.append(f"| {seed} | {depth} | {ev.timings['total_s']:.1f} | "
+                         + " | ".join(f"{a:.3f}" for a in accs)
+                         + f" | {ev.subset['accuracy']:.3f} | {ev.random_subset['accuracy']:.3f} |")
+            print(lines[-1], flush=True)
+    note = (f"\n{n:,} training rows (make_scale_task, 10% flipped), 600 held-out test rows, "
+            "KNN-Shapley ranking, γ = 0.2; full = 30 epochs on every point (the service's "
+            "setting), quick = the defaults; 1 torch thread; load average "
+            f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.")
+    text = "\n".join(lines) + note
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
+def cli_check(seed: int, out: str | None) -> None:
+    """``hostcp value``'s subset-vs-random check as it is today (3 repeats of the subset and of
+    random subsets, 60 epochs each) against evaluate_subset's quick depth, 1000 points."""
+    import torch
+
+    from hostcp_core import get_valuer, make_synthetic, split_test
+    from hostcp_core.evaluation.depth import evaluate_subset
+    from hostcp_core.models import accuracy, train_classifier
+    from hostcp_core.result import subset_size
+
+    torch.set_num_threads(1)
+    train, test = make_synthetic(1000, 1000, seed=seed)
+    valuation, holdout = split_test(test, 0.3, seed=seed)
+    t0 = time.perf_counter()
+    res = get_valuer("knn_shapley", device="cpu", seed=seed).fit(train, valuation)
+    t_val = time.perf_counter() - t0
+    # verbatim the CLI's block (hostcp_core/cli.py, cmd_value), eval_repeats = 3
+    t0 = time.perf_counter()
+    k, rng, seeds = subset_size(train.n, 0.2), np.random.default_rng(seed), range(seed, seed + 3)
+
+    def holdout_acc(idx):
+        return float(np.mean([accuracy(train_classifier(train.X[idx], train.y[idx],
+                                                        train.n_classes, seed=s),
+                                       holdout.X, holdout.y) for s in seeds]))
+
+    today = (holdout_acc(res.selected),
+             float(np.mean([holdout_acc(rng.choice(train.n, k, replace=False))
+                            for _ in range(3)])))
+    t_today = time.perf_counter() - t0
+    quick = evaluate_subset(train, holdout, res.ranking(), res.selected, fractions=(),
+                            seed=seed)
+    curves = evaluate_subset(train, holdout, res.ranking(), res.selected, seed=seed)
+    rows = [("today (3 repeats, 60 epochs)", t_today, *today),
+            ("quick, subset check only", quick.timings["total_s"], quick.subset["accuracy"],
+             quick.random_subset["accuracy"]),
+            ("quick, with both curves (6 fractions)", curves.timings["total_s"],
+             curves.subset["accuracy"], curves.random_subset["accuracy"])]
+    text = "\n".join(
+        [f"KNN-Shapley valuation: {t_val:.2f} s (make_synthetic(1000, 1000, seed={seed}), "
+         "300 held-out test rows, γ = 0.2, 1 torch thread)",
+         "| evaluation | seconds | subset accuracy | random subset accuracy |",
+         "|---|---:|---:|---:|"]
+        + [f"| {r[0]} | {r[1]:.2f} | {r[2]:.3f} | {r[3]:.3f} |" for r in rows]
+        + [f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end."])
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
+def oob_check(n: int, settings: list[tuple[int, float]], threads: int, out: str | None) -> None:
+    """Data-OOB's flip ROC-AUC and seconds for several (n_estimators, max_samples) on one task:
+    what the bag size and tree count above 10k rows cost in detection quality."""
+    from sklearn.metrics import roc_auc_score
+
+    from hostcp_core import get_valuer, split_test
+
+    train, test, flipped = make_scale_task(n)
+    valuation, _ = split_test(test, 0.3, seed=0)
+    clean = np.ones(n, dtype=bool)
+    clean[flipped] = False
+    lines = ["| n_estimators | max_samples | bag rows | seconds | flip AUC |",
+             "|---:|---:|---:|---:|---:|"]
+    for B, frac in settings:
+        t0 = time.perf_counter()
+        res = get_valuer("data_oob", n_estimators=B, max_samples=frac,
+                         n_jobs=threads).fit(train, valuation)
+        secs = time.perf_counter() - t0
+        lines.append(f"| {B} | {frac:g} | {res.extra['bag_size']:,} | {secs:.1f} | "
+                     f"{roc_auc_score(clean, res.values):.4f} |")
+        print(lines[-1], flush=True)
+    text = "\n".join(lines) + (f"\n{n:,} rows (make_scale_task, 10% flipped), {threads} "
+                               f"threads, seed 0; load average "
+                               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end.")
+    print(text)
+    if out:
+        Path(out).write_text(text + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100000,1000000")
@@ -130,8 +245,26 @@ def main() -> None:
                     help="also run each stage again, cancelling it this many seconds in")
     ap.add_argument("--out", default=None, help="write the table (markdown) here")
     ap.add_argument("--json", default=None, help="write every figure (JSON) here")
+    ap.add_argument("--depth-check", type=int, default=None, metavar="N",
+                    help="compare quick and full evaluation on N rows instead")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--oob-check", default=None, metavar="N:B/FRAC,B/FRAC",
+                    help="Data-OOB flip AUC for several settings on N rows instead")
+    ap.add_argument("--cli-check", action="store_true",
+                    help="time hostcp value's subset check today vs the quick depth instead")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child: stage:n:workdir
     args = ap.parse_args()
+    if args.oob_check:
+        n, spec = args.oob_check.split(":")
+        settings = [(int(b), float(f)) for b, f in (x.split("/") for x in spec.split(","))]
+        oob_check(int(n), settings, args.threads, args.out)
+        return
+    if args.cli_check:
+        cli_check(int(args.seeds.split(",")[0]), args.out)
+        return
+    if args.depth_check:
+        depth_check(args.depth_check, [int(x) for x in args.seeds.split(",")], args.out)
+        return
     if args.one:
         stage, n, workdir = args.one.split(":", 2)
         print("RESULT " + json.dumps(run_stage(stage, int(n), args.threads, Path(workdir),
