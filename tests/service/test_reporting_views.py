@@ -392,6 +392,96 @@ def pg_server_or_none(request, world):
     return request.getfixturevalue("pg_server") if world.dialect == "postgresql" else None
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_settings(request, tmp_path) -> Settings:
+    """A migrated, empty database of each kind (Postgres: its own, dropped afterwards)."""
+    if request.param == "sqlite":
+        s = _settings(tmp_path)
+        upgrade(s)
+        yield s
+        dispose_engines()
+        return
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"hostcp_rep_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:
+        pytest.skip(f"Postgres not reachable at {ADMIN_URL}: {type(exc).__name__}")
+    s = _settings(tmp_path, database_url=ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+    upgrade(s)
+    yield s
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def test_comparison_and_curves_views_read_the_right_stored_figures(fresh_settings):
+    """Stored rows made to differ everywhere (a finished job's accuracies repeat on a small
+    holdout, so the API comparison above could not tell 20 % from 50 %): each accuracy_at_N
+    is the addition curve's point at N %, a curve key is split into method and curve, and a
+    value that is not finite reads as NULL."""
+    from app.db.models import ApiKey, CurvePoint, DatasetRecord, Job
+
+    s = fresh_settings
+    fractions = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+    methods = ["m_one", "m_two"]
+    pg = get_engine(s).dialect.name == "postgresql"
+
+    def acc(i: int, kind: str, f: float) -> float:  # distinct per method, curve and fraction
+        return round(0.1 * i + (0.05 if kind == "removal" else 0.0) + f / 10, 6)
+
+    with session_scope(s) as db:
+        key = ApiKey(name="k", prefix="p0", key_hash="h")
+        db.add(key)
+        db.flush()
+        db.add(DatasetRecord(id="d", owner_id=key.id, name="d", format="csv", sha256="s",
+                             content_key="c", size_bytes=1, raw_path="r", array_path="a",
+                             n_rows=1, n_features=1, classes=[], class_counts=[]))
+        db.flush()
+        records = [{"method": m, "run_time_s": 1.5 + i, "curves_s": 0.25, "n_selected": 7,
+                    "ndcg": 0.5} for i, m in enumerate(methods)]  # no flips: no AUC or F1
+        db.add(Job(id="cmp", owner_id=key.id, train_dataset_id="d", test_dataset_id="d",
+                   method="compare", methods=methods, fraction=0.2, queue="cpu",
+                   status="succeeded", summary={"comparison": {"methods": records}}))
+        db.flush()
+        for i, m in enumerate(methods):
+            for kind in ("addition", "removal"):
+                db.add_all([CurvePoint(job_id="cmp", curve=f"{m}:{kind}", step=j, fraction=f,
+                                       n_points=j, value=acc(i, kind, f))
+                            for j, f in enumerate(fractions)])
+        # not finite: inf (SQLite stores no NaN; Postgres does)
+        db.add(CurvePoint(job_id="cmp", curve="m_one:odd", step=0, fraction=0.5, n_points=1,
+                          value=float("inf")))
+        if pg:
+            db.add(CurvePoint(job_id="cmp", curve="m_one:odd", step=1, fraction=0.6,
+                              n_points=1, value=float("nan")))
+
+    view = lambda name: reporting.view_name(name, get_engine(s).dialect.name)  # noqa: E731
+    with get_engine(s).connect() as conn:
+        rows = [dict(r._mapping) for r in conn.execute(text(
+            f"SELECT * FROM {view('comparison_v1')} ORDER BY position"))]
+        curves = [dict(r._mapping) for r in conn.execute(text(
+            f"SELECT * FROM {view('curves_v1')} ORDER BY method, curve, step"))]
+    assert [r["method"] for r in rows] == methods
+    for i, r in enumerate(rows):
+        assert (r["run_time_s"], r["curves_s"], r["n_selected"], r["ndcg"]) == (
+            1.5 + i, 0.25, 7, 0.5)
+        assert r["flip_roc_auc"] is None and r["flip_f1"] is None
+        for pct in (5, 20, 50, 100):
+            assert r[f"accuracy_at_{pct}"] == acc(i, "addition", pct / 100), (i, pct)
+    assert {(c["method"], c["curve"]) for c in curves} == {
+        (m, k) for m in methods for k in ("addition", "removal")} | {("m_one", "odd")}
+    for c in curves:
+        if c["curve"] == "odd":
+            assert c["accuracy"] is None and c["flips_found"] is None
+        else:
+            i = methods.index(c["method"])
+            assert c["accuracy"] == acc(i, c["curve"], c["fraction"])
+            assert c["flips_found"] is None
+
+
 # --- isolation on Postgres ------------------------------------------------------------------
 
 def _refused(conn, sql: str, codes: tuple[str, ...] = ("42501",)) -> None:
