@@ -138,14 +138,16 @@ def run_one(name: str, seed: int, rate: float, kind: str, args) -> dict:
     if 0 < truth.sum():
         row["suggest_acc"] = float((det.suggested_[idx] == train.y[idx]).mean())
     if not args.no_cleanlab:
-        for tag, probs in (("cl_hgb_", det.oof_probs_.get("hgb")), ("cl_pool_", det.pred_probs_)):
-            if probs is None:
-                continue
+        # cleanlab's tabular tutorial model (HGB); its text tutorial's (logistic regression)
+        # where the detector skips boosting (many classes)
+        ref = det.oof_probs_.get("hgb", det.oof_probs_["logistic"])
+        row["cleanlab_model"] = "hgb" if "hgb" in det.oof_probs_ else "logistic"
+        for tag, probs in (("cl_hgb_", ref), ("cl_pool_", det.pred_probs_)):
             row.update({tag + k: v for k, v in
                         scores(cleanlab_flags(noisy.y, probs), truth).items()})
-        if "hgb" in det.oof_probs_ and 0 < truth.sum():
-            row["auc_hgb_selfconf"] = roc_auc_score(
-                truth, -det.oof_probs_["hgb"][np.arange(noisy.n), noisy.y])
+        if 0 < truth.sum():
+            row["auc_cleanlab_model_selfconf"] = roc_auc_score(
+                truth, -ref[np.arange(noisy.n), noisy.y])
     if args.valuers and name in SKLEARN and rate == 0.1 and kind == "uniform":
         row.update(valuer_aucs(noisy, test, truth, seed, p))
     return row
@@ -209,6 +211,68 @@ def scale(args) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def rescore(args) -> pd.DataFrame:
+    """Recompute the report's own columns of ``<out>/<csv>`` from the stored per-point pooled
+    probabilities (``--points``) with the library's current noise model and flag rule: the
+    out-of-fold probabilities do not depend on either, so this equals a fresh run of the report
+    (cleanlab's and the valuers' columns are kept as they were measured)."""
+    from sklearn.metrics import roc_auc_score
+
+    from hostcp_core.evaluation.label_errors import error_posterior, estimate_noise_matrix
+
+    runs = pd.read_csv(Path(args.out) / args.csv)
+    for i, r in runs.iterrows():
+        z = np.load(Path(args.points) / f"{r.dataset}_s{r.seed}_{r.kind}_{r.rate:.1f}.npz")
+        q, y, truth = z["q"], z["y"], z["truth"]
+        T, _ = estimate_noise_matrix(q, y, q.shape[1])
+        p = 1.0 - error_posterior(q, y, T)[np.arange(y.size), y]
+        runs.loc[i, "expected_errors"] = p.sum()
+        runs.loc[i, "est_noise"] = float(1 - np.trace(T) / T.shape[0])
+        if 0 < truth.sum() < truth.size:
+            runs.loc[i, "auc"] = roc_auc_score(truth, p)
+        for tag, kw in (("", {}), ("p80_", {"flag_precision": 0.8})):
+            mask, _ = flag_errors(p, **kw)
+            for k, v in scores(mask, truth).items():
+                runs.loc[i, tag + k] = v
+    runs = runs.drop(columns=["suggest_acc"], errors="ignore")  # needs the original labels
+    runs.to_csv(Path(args.out) / args.csv, index=False)
+    return runs
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    head = [*df.index.names, *df.columns]
+    rows = [[*(k if isinstance(k, tuple) else (k,)), *v] for k, v in zip(
+        df.index, df.to_numpy().tolist(), strict=True)]
+    fmt = [" | ".join("" if isinstance(x, float) and np.isnan(x) else str(x) for x in r)
+           for r in rows]
+    return "\n".join([f"| {' | '.join(map(str, head))} |",
+                      "|" + "---|" * len(head), *(f"| {r} |" for r in fmt)])
+
+
+def summary(args) -> str:
+    """Markdown tables of ``<out>/<csv>``: means over seeds per dataset and noise condition."""
+    d = pd.read_csv(Path(args.out) / args.csv)
+    d["cond"] = np.where(d["rate"] == 0, "clean", d["kind"] + " " +
+                         (100 * d["rate"]).round().astype(int).astype(str) + "%")
+    d["exp/true"] = d["expected_errors"] / d["true_errors"].where(d["true_errors"] > 0)
+    cols = {"f1": "F1", "precision": "P", "recall": "R", "flagged_share": "flagged",
+            "auc": "AUC", "exp/true": "exp/true", "p80_f1": "F1@p0.8",
+            "p80_precision": "P@p0.8", "cl_hgb_f1": "cleanlab F1 (HGB)",
+            "cl_hgb_flagged_share": "cleanlab flagged (HGB)", "cl_pool_f1": "cleanlab F1 (ours)",
+            "cl_pool_flagged_share": "cleanlab flagged (ours)"}
+    g = d.groupby(["dataset", "cond"], sort=False)[list(cols)].mean().rename(columns=cols)
+    lines = [_markdown(g.round(3)), ""]
+    for cond in d["cond"].unique():
+        m = d[d["cond"] == cond][list(cols)].mean().rename(cols)
+        lines.append(f"- {cond}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()
+                                              if not np.isnan(v)))
+    clean = d[d["rate"] == 0].groupby("dataset")["flagged_share"].max()
+    lines.append(f"- clean data, largest flagged share over seeds: {clean.round(3).to_dict()}")
+    out = "\n".join(lines)
+    print(out)
+    return out
+
+
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=PAPER + SKLEARN)
@@ -223,6 +287,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--scale", nargs="+", type=int, help="measure cost at these row counts")
     ap.add_argument("--n-jobs", type=int, default=2)
     ap.add_argument("--points", help="folder for per-point npz files (optional)")
+    ap.add_argument("--rescore", action="store_true",
+                    help="recompute the report's columns from --points (no refitting)")
+    ap.add_argument("--summary", action="store_true", help="print the tables of <out>/<csv>")
     ap.add_argument("--out", default="/tmp/mislabels")
     ap.add_argument("--csv", default="runs.csv")
     args = ap.parse_args(argv)
@@ -236,6 +303,12 @@ def main(argv=None) -> None:
 
     torch.set_num_threads(1)
     args = parse(argv)
+    if args.rescore:
+        rescore(args)
+    if args.summary:
+        summary(args)
+    if args.rescore or args.summary:
+        return
     if args.scale:
         scale(args)
     else:

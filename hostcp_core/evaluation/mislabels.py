@@ -109,7 +109,7 @@ def mislabel_report(
         "noise_matrix": [[float(v) for v in row] for row in det.noise_matrix_],
         "confusion": {"given": classes, "true": classes,
                       "counts": [[float(v) for v in row] for row in confusion]},
-        "detector": {"models": list(det.models), "weights": det.weights_,
+        "detector": {"models": list(det.models_), "weights": det.weights_,
                      "temperature": det.temperature_, "n_folds": det.n_folds_,
                      "max_fit_rows": det.max_fit_rows, "anchor_fraction": det.anchor_fraction,
                      "seconds": det.seconds_, "values_used": False},
