@@ -38,8 +38,11 @@ from hostcp_core.valuer import Valuer
 EMBEDDINGS = ("hidden", "gradient", "hidden+gradient", "raw")
 SCORES = ("value", "mass", "mean_u", "cost")
 LAYER_SOLVERS = ("auto", "static", "adaptive")
-# wave="auto": W per device type, measured with benchmarks/epoch_speed.py (docs/RESULTS.md).
-WAVE_AUTO = {"cpu": 1, "cuda": 1}
+# wave="auto": W per device type (CPU: measured with benchmarks/epoch_speed.py, docs/RESULTS.md;
+# CUDA: a first guess, to be measured with benchmarks/gpu_check.sh), and at least this many
+# waves per epoch (fewer, larger waves lost subset quality on 500-1000-point data).
+WAVE_AUTO = {"cpu": 16, "cuda": 64}
+_AUTO_WAVES_PER_EPOCH = 16
 # Cross-class distances (class-conditional mode) are this many mean distances: a constant, so a
 # point is represented by another class only when nothing else is feasible.
 _CROSS_CLASS_DISTANCE = 8.0
@@ -109,7 +112,8 @@ class HostCP(Valuer):
     num_threads: torch CPU threads while fitting (restored after). The per-batch work is many
         small ops, which run fastest on one thread and degrade badly on a shared CPU with more.
     wave: W, the number of consecutive minibatches whose selection problems are solved in one
-        batched call (``"auto"``: the measured best for the device, ``WAVE_AUTO``). Within a
+        batched call (``"auto"``: the best measured for the device, ``WAVE_AUTO``, but at most
+        1/16 of an epoch's minibatches, so W = 1 below 2,048 points). Within a
         wave the old set is the one at the wave's start (it is updated after the wave), and
         every problem is set up with φ and θ as they were at the wave's start; the θ step, the
         look-ahead and the φ step still follow per minibatch (φ's steps use gradients taken at
@@ -277,7 +281,7 @@ class HostCP(Valuer):
         epoch_times: list[float] = []
         epoch_cpu: list[float] = []  # process CPU seconds: robust to other work on the machine
         step = 0
-        W = self._wave_size(dev)
+        W = self._wave_size(dev, n_batches)
         waves = W > 1 or self._wave_path_at_one
         acc = _Accumulators(u_sum, mass_sum, signal_sum, grad_norms)
         for epoch in range(self.epochs):
@@ -366,8 +370,12 @@ class HostCP(Valuer):
         return ValuationResult(values=values, selected=selected, method=self.name,
                                timings=timings, extra=extra)
 
-    def _wave_size(self, dev: torch.device) -> int:
-        w = WAVE_AUTO.get(dev.type, 1) if self.wave == "auto" else int(self.wave)
+    def _wave_size(self, dev: torch.device, n_batches: int) -> int:
+        if self.wave == "auto":
+            # a wave's old set is the one at its start: keep waves a small part of an epoch
+            w = min(WAVE_AUTO.get(dev.type, 1), max(1, n_batches // _AUTO_WAVES_PER_EPOCH))
+        else:
+            w = int(self.wave)
         # the reference solver and subclasses that replace the per-minibatch selection
         # (benchmark ablations) run per minibatch
         if self.solver != "native" or type(self)._select is not HostCP._select:

@@ -237,3 +237,16 @@ def test_waves_on_cuda_match_cpu(data):
     # different kernels, so not bitwise: the runs stay close over three epochs
     np.testing.assert_allclose(gpu.values, cpu.values, atol=0.1)
     assert len(np.intersect1d(gpu.selected, cpu.selected)) >= 24
+
+
+def test_auto_wave_is_per_device_and_a_small_part_of_an_epoch(data):
+    from hostcp_core.hostcp import WAVE_AUTO
+
+    h = HostCP(wave="auto")
+    cpu = torch.device("cpu")
+    assert h._wave_size(cpu, 10) == 1                  # under 16 waves: per minibatch
+    assert h._wave_size(cpu, 160) == min(10, WAVE_AUTO["cpu"])
+    assert h._wave_size(cpu, 100_000) == WAVE_AUTO["cpu"]
+    assert h._wave_size(torch.device("cuda"), 100_000) == WAVE_AUTO["cuda"]
+    train, test = data
+    assert HostCP(**FAST, wave="auto").fit(train, test).extra["wave"] == 1
