@@ -117,9 +117,10 @@ def render_class_shares(shares: Mapping[str, Sequence[float]], classes: Sequence
 
 
 def render_mislabels(points: Sequence[dict[str, Any]], *, fmt: str = "png",
-                     title: str = "") -> bytes:
-    """Mislabel score (low = suspect) of every point in rank order, suspects highlighted.
-    Rows: ``rank, score, suspected``."""
+                     title: str = "", n_suspected: int | None = None) -> bytes:
+    """Mislabel score (low = suspect) in rank order, suspects highlighted. Rows: ``rank,
+    score, suspected`` (every point, or an even sample of the ranks: then give the number of
+    suspects in ``n_suspected``)."""
     rows = sorted(points, key=lambda p: p["rank"])
     fig = _figure()
     ax = fig.add_subplot()
@@ -128,13 +129,41 @@ def render_mislabels(points: Sequence[dict[str, Any]], *, fmt: str = "png",
     ax.plot(ranks, scores, color="C0", lw=1.5, label="mislabel score")
     sus = [p for p in rows if p["suspected"]]
     if sus:
+        count = len(sus) if n_suspected is None else n_suspected
         ax.scatter([p["rank"] for p in sus], [p["score"] for p in sus], color="C3", s=12,
-                   zorder=3, label=f"suspected ({len(sus)})")
+                   zorder=3, label=f"suspected ({count})")
     ax.set_xlabel("rank (1 = most suspect)")
     ax.set_ylabel("score (low = suspect)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(title or "Mislabel report")
+    return _encode(fig, fmt)
+
+
+def render_confusion(confusion: Mapping[str, Any], *, fmt: str = "png",
+                     title: str = "") -> bytes:
+    """The mislabel report's confusion estimate: expected counts of each given label (rows)
+    by estimated true class (columns); off the diagonal, the labels it believes wrong.
+    ``confusion``: ``given``, ``true`` (class names) and ``counts`` (rows of floats)."""
+    import numpy as np
+
+    given, true = list(confusion["given"]), list(confusion["true"])
+    counts = np.asarray(confusion["counts"], dtype=float)
+    side = 2.0 + 0.5 * max(len(given), len(true))
+    fig = _figure(min(12.0, side + 1.5), min(10.0, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(true)), true, rotation=45, ha="right")
+    ax.set_yticks(range(len(given)), given)
+    ax.set_xlabel("estimated true class")
+    ax.set_ylabel("given label")
+    if counts.size <= 400:  # numbers stay readable up to 20 classes
+        top = counts.max() if counts.size else 0.0
+        for (i, j), v in np.ndenumerate(counts):
+            ax.text(j, i, f"{v:.0f}" if v >= 10 else f"{v:.1f}", ha="center", va="center",
+                    fontsize=8, color="white" if v > top / 2 else "black")
+    fig.colorbar(im, ax=ax, label="expected points")
+    ax.set_title(title or "Given label vs estimated true class")
     return _encode(fig, fmt)
 
 

@@ -68,7 +68,8 @@ class _MethodProgress:
 
 def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, train, valuation,
                    holdout, methods: list[str], params: dict, fraction: float, seed: int,
-                   inject_flips: float | None, device: str = "cpu") -> dict[str, Any]:
+                   inject_flips: float | None, device: str = "cpu",
+                   flag_precision: float | None = None) -> dict[str, Any]:
     """Fit and score every method; returns the pieces ``run_job`` persists: ``train`` (as the
     methods saw it), ``result``/``order``/``report`` (the default method's), ``curves``,
     ``method_points``, ``timings`` and ``summary`` (its ``comparison`` part)."""
@@ -160,7 +161,8 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
     result, order = first
     reporter.phase("mislabels")
     t = time.perf_counter()
-    report = mislabel_report(train, result.values, seed=seed)
+    report = mislabel_report(train, result.values, seed=seed, flag_precision=flag_precision,
+                             progress=reporter.callback)
     timings["mislabels_s"] = time.perf_counter() - t
 
     counts = np.bincount(train.y, minlength=train.n_classes)
@@ -170,7 +172,8 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         "inject_flips": inject_flips, "n_flipped": 0 if flipped is None else int(len(flipped)),
         "addition_fractions": add_fr, "removal_fractions": rem_fr}
     summary = {"n_selected": int(len(result.selected)),
-               "n_suspected": int(report["suspected"].sum()), "comparison": comparison}
+               "n_suspected": int(report["suspected"].sum()),
+               "mislabels": jsonable(report.attrs), "comparison": comparison}
     if flipped is not None:
         summary["injected_flips"] = [int(j) for j in flipped]
     return {"train": train, "result": result, "order": order, "report": report,

@@ -161,6 +161,7 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
         methods, inject_flips = job.methods, job.inject_flips
         # jobs from before the option existed were evaluated in full
         depth = job.evaluation or "full"
+        flag_precision = job.flag_precision
         on_gpu = job.queue == settings.queue_gpu
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -182,7 +183,7 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
         out = run_comparison(job_id, settings, reporter, train=train, valuation=valuation_part,
                              holdout=holdout, methods=methods, params=params, fraction=fraction,
                              seed=seed, inject_flips=inject_flips,
-                             device="cuda" if on_gpu else "cpu")
+                             device="cuda" if on_gpu else "cpu", flag_precision=flag_precision)
         return _Outcome(**{**out, "timings": {**timings, **out["timings"]},
                            "summary": {**summary, **out["summary"]}})
 
@@ -200,7 +201,8 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
 
     reporter.phase("mislabels")
     t = time.perf_counter()
-    report = mislabel_report(train, result.values, seed=seed)
+    report = mislabel_report(train, result.values, seed=seed, flag_precision=flag_precision,
+                             progress=reporter.callback)
     timings["mislabels_s"] = time.perf_counter() - t
 
     reporter.phase("curves")
@@ -215,6 +217,7 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
 
     summary.update({"n_selected": int(len(result.selected)),
                     "n_suspected": int(report["suspected"].sum()),
+                    "mislabels": jsonable(report.attrs),
                     "evaluation": jsonable({**evaluation.sampling,
                                             "subset": evaluation.subset,
                                             "random_subset": evaluation.random_subset}),

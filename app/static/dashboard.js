@@ -130,7 +130,9 @@ function showSummary(job) {
     ["Method", comp ? "compare: " + (job.methods || []).join(", ") : job.method],
     ["Fraction", job.fraction], ["Seed", job.seed],
     ["Training points", s.n_train], ["Selected", s.n_selected],
-    ["Suspected mislabels", s.n_suspected], ["Curves on", s.curves_on],
+    ["Suspected mislabels", s.n_suspected],
+    ["Expected label errors", job.expected_label_errors == null ? undefined : fmt(job.expected_label_errors, 1)],
+    ["Evaluation", job.evaluation], ["Curves on", s.curves_on],
     ["Run time (s)", fmt(t.total_s, 2)],
   ];
   if (comp) items.splice(4, 0, ["Injected flips", comp.n_flipped ? comp.n_flipped + " (" + comp.inject_flips + ")" : "none"]);
@@ -178,7 +180,9 @@ async function showMislabels(job) {
   for (const m of page.items) {
     const tr = document.createElement("tr");
     cell(tr, m.rank); cell(tr, m.index); cell(tr, m.id); cell(tr, m.given_label);
-    cell(tr, m.suggested_label); cell(tr, fmt(m.score));
+    cell(tr, m.suggested_label);
+    cell(tr, m.suggested_prob == null ? "–" : fmt(m.suggested_prob));
+    cell(tr, m.label_error_prob == null ? "–" : fmt(m.label_error_prob));
     body.appendChild(tr);
   }
   const total = (job.summary || {}).n_suspected;
@@ -209,6 +213,7 @@ function showDownloads(job) {
     files.push(["values-" + m + ".csv", base + "/values?format=csv&method=" + encodeURIComponent(m)]);
   }
   const plots = ["curves", "classes", "mislabels"];
+  if (((job.summary || {}).mislabels || {}).confusion) plots.push("confusion");
   if ((job.summary || {}).injected_flips) plots.push("flips");
   for (const plot of plots) {
     for (const f of ["png", "svg"]) files.push([plot + "." + f, base + "/plots/" + plot + "." + f]);
@@ -254,6 +259,8 @@ async function showResults(job) {
   showDownloads(job);
   showComparison(job);
   const flips = !!(job.summary || {}).injected_flips;
+  const confusion = !!((job.summary || {}).mislabels || {}).confusion;
+  $("figure-confusion").hidden = !confusion;
   $("plot-curves").classList.toggle("wide", job.method === "compare");  // two panels
   $("figure-flips").hidden = !flips;
   $("results").hidden = false;
@@ -261,6 +268,7 @@ async function showResults(job) {
     showImage($("plot-curves"), "/v1/jobs/" + job.id + "/plots/curves.png"),
     showImage($("plot-classes"), "/v1/jobs/" + job.id + "/plots/classes.png"),
     flips ? showImage($("plot-flips"), "/v1/jobs/" + job.id + "/plots/flips.png") : null,
+    confusion ? showImage($("plot-confusion"), "/v1/jobs/" + job.id + "/plots/confusion.png") : null,
     showSubset(job), showMislabels(job),
   ]);
 }

@@ -160,6 +160,14 @@ def test_dashboard_shows_job_progress_and_plot(live_service, browser):
                            params={"suspected_only": True, "page_size": 20}).json()["items"]
         rows = browser.find_elements(By.CSS_SELECTOR, "#mislabels-table tbody tr")
         assert [r.text.split()[1] for r in rows] == [str(m["index"]) for m in suspects]
+        # the calibrated report: P(given wrong) per suspect, the expected number of label
+        # errors in the summary, and the confusion estimate's plot
+        assert [r.text.split()[-1] for r in rows] == [f"{m['label_error_prob']:.3f}"
+                                                      for m in suspects]
+        summary = browser.find_element(By.ID, "summary").text
+        assert f"Expected label errors\n{job['expected_label_errors']:.1f}" in summary
+        confusion = browser.find_element(By.ID, "plot-confusion")
+        _wait(lambda: confusion.get_attribute("data-loaded") == "1", 20, "the confusion plot")
         buttons = browser.find_elements(By.CSS_SELECTOR, "#downloads button")
         assert "subset.csv" in [b.text for b in buttons]
 

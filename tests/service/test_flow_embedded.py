@@ -98,8 +98,9 @@ def test_upload_job_poll_download(client, api_key_headers, csv_pair, settings):
     assert sub_csv["index"].tolist() == [s["index"] for s in subset]
     mis = client.get(f"/v1/jobs/{job_id}/mislabels", headers=h, params={"format": "parquet"})
     mis_frame = pd.read_parquet(io.BytesIO(mis.content))
-    assert list(mis_frame.columns) == ["index", "id", "given_label", "suggested_label", "score",
-                                       "rank", "suspected"]
+    assert list(mis_frame.columns) == ["index", "id", "given_label", "suggested_label",
+                                       "suggested_prob", "label_error_prob", "score", "rank",
+                                       "suspected"]
     assert mis_frame["index"].tolist() == [m["index"] for m in mislabels]
     cur_csv = pd.read_csv(io.StringIO(client.get(f"/v1/jobs/{job_id}/curves", headers=h,
                                                  params={"format": "csv"}).text))

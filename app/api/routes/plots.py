@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -22,6 +24,7 @@ PLOTS = {
     "classes": "class shares in the training set, the selected subset and the top 5 % by value "
                "(comparison jobs: the training set and each method's top 5 %)",
     "mislabels": "mislabel score in rank order, suspects highlighted",
+    "confusion": "the mislabel report's given label vs estimated true class (expected counts)",
     "flips": "flipped labels found vs points inspected (jobs that record injected flips; "
              "comparison jobs: one line per method, lowest value first)",
 }
@@ -81,30 +84,40 @@ def get_plot(job_id: str, filename: str, session: SessionDep, principal: Princip
     name, ext = _split(filename)
     job = _finished_job(session, principal.id, job_id)
     title = f"{job.method} · job {job.id[:8]}"
-    if job.method == COMPARE and name != "mislabels":  # the mislabels are the first method's
-        body = _comparison_plot(session, job, name, ext, title)
+    if job.method == COMPARE and name not in ("mislabels", "confusion"):  # mislabels: the
+        body = _comparison_plot(session, job, name, ext, title)       # first method's
+    elif name == "confusion":
+        confusion = ((job.summary or {}).get("mislabels") or {}).get("confusion")
+        if confusion is None:
+            raise Problem(problems.NOT_FOUND, f"job {job.id} has no confusion estimate (its "
+                          "mislabel report predates it)")
+        body = plotting.render_confusion(confusion, fmt=ext, title=f"Confusion · {title}")
     elif name == "curves":
         rows = [{"curve": c.curve, "fraction": c.fraction, "n_points": c.n_points,
                  "value": c.value} for c in repo.list_curves(session, job_id=job.id, after=None,
                                                              limit=None)]
         body = plotting.render_curves(rows, fmt=ext, title=f"Accuracy curves · {title}")
+    elif name == "classes":  # aggregated in the database: bounded whatever the job's size
+        classes = session.get(DatasetRecord, job.train_dataset_id).classes
+        n = (job.summary or {}).get("n_train") or 0
+        counts = repo.class_counts(session, job_id=job.id,
+                                   top_k=max(1, math.ceil(plotting.TOP_FRACTION * n)))
+        shares = {}
+        for group, label in (("all", "all"), ("selected", "selected"),
+                             ("top", f"top {plotting.TOP_FRACTION:.0%}")):
+            total = sum(counts[group].values())
+            shares[label] = [counts[group].get(c, 0) / total if total else 0.0 for c in classes]
+        body = plotting.render_class_shares(shares, classes, fmt=ext,
+                                            title=f"Class distribution · {title}")
+    elif name == "mislabels":  # an even sample of the ranks: bounded whatever the job's size
+        profile, n_suspected = repo.mislabel_profile(session, job_id=job.id)
+        rows = [{"rank": r, "score": s, "suspected": sus} for r, s, sus in profile]
+        body = plotting.render_mislabels(rows, fmt=ext, title=f"Mislabels · {title}",
+                                         n_suspected=n_suspected)
     else:
-        points = repo.list_points(session, job_id=job.id, order="index", after=None, limit=None)
-        if name == "classes":
-            classes = session.get(DatasetRecord, job.train_dataset_id).classes
-            rows = [{"label": p.given_label, "rank": p.rank, "selected": p.selected}
-                    for p in points]
-            body = plotting.render_classes(rows, classes, fmt=ext,
-                                           title=f"Class distribution · {title}")
-        elif name == "mislabels":
-            rows = [{"rank": p.mislabel_rank, "score": p.mislabel_score,
-                     "suspected": p.suspected_mislabel} for p in points]
-            body = plotting.render_mislabels(rows, fmt=ext, title=f"Mislabels · {title}")
-        else:
-            flipped = _injected_flips(job)
-            ranked = [p.point_index for p in sorted(points, key=lambda p: p.mislabel_rank)]
-            body = plotting.render_flips(ranked, flipped, fmt=ext,
-                                         title=f"Flips found · {title}")
+        ranked = repo.point_indices_by_mislabel_rank(session, job_id=job.id)
+        body = plotting.render_flips(ranked, _injected_flips(job), fmt=ext,
+                                     title=f"Flips found · {title}")
     return Response(body, media_type=plotting.FORMATS[ext],
                     headers={"Cache-Control": "private, max-age=3600",
                              "Content-Disposition": f'inline; filename="{job.id}-{name}.{ext}"'})
