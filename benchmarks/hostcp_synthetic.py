@@ -41,6 +41,7 @@ VARIANTS = {
     "hostcp[wave=4]": {"wave": 4},
     "hostcp[wave=8]": {"wave": 8},
     "hostcp[wave=16]": {"wave": 16},
+    "hostcp[wave=auto]": {"wave": "auto"},
 }
 
 
