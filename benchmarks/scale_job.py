@@ -355,6 +355,48 @@ def run_case(client, http, svc: Service, ups: dict, n: int, method: str, args) -
     return row
 
 
+def stored_case(client, http, svc: Service, ups: dict, n: int) -> dict:
+    """Downloads of ``n`` result rows written straight into the database as a finished job (no
+    valuation runs): the download path at a size whose job would take long. The row's method
+    is ``stored-rows``; its job columns are empty."""
+    from sqlalchemy import insert, update
+
+    from app.core.config import Settings
+    from app.db import repo
+    from app.db.models import Job, JobStatus, PointResult
+    from app.db.session import dispose_engines, session_scope
+
+    settings = Settings(data_dir=svc.workdir / "data", database_url=svc.env.get(
+        "HOSTCP_DATABASE_URL"), secret_key=svc.env["HOSTCP_SECRET_KEY"])
+    rng = np.random.default_rng(0)
+    with session_scope(settings) as s:
+        owner = repo.authenticate(s, token=svc.token)
+        job = repo.create_job(s, owner_id=owner.id, train_dataset_id=ups["train"],
+                              test_dataset_id=ups["test"], method="knn_shapley", params={},
+                              fraction=0.1, seed=0, queue="stored", max_attempts=1)
+        s.execute(update(Job).where(Job.id == job.id).values(status=JobStatus.SUCCEEDED))
+        job_id = job.id
+    for start in range(0, n, 50_000):
+        idx = np.arange(start, min(n, start + 50_000))
+        scores, ranks = rng.normal(size=idx.size), rng.permutation(n)[: idx.size] + 1
+        with session_scope(settings) as s:
+            s.execute(insert(PointResult), [
+                {"job_id": job_id, "point_index": int(i), "point_id": f"r{i}",
+                 "score": float(scores[k]), "rank": int(ranks[k]), "selected": bool(i % 10 == 0),
+                 "given_label": CLASSES[i % 3], "suggested_label": CLASSES[(i + 1) % 3],
+                 "mislabel_score": float(-scores[k]), "mislabel_rank": int(i) + 1,
+                 "suspected_mislabel": bool(i % 20 == 0)} for k, i in enumerate(idx)])
+    dispose_engines()
+    row = {"mode": svc.mode, "rows": n, "method": "stored-rows", "status": "succeeded", **ups}
+    row["api_before_dl_mb"] = max(_status_kb(p, "VmRSS") for p in svc.api_pids()) / 1024
+    reset_peak(svc.api_pids())
+    for kind, fmt in DOWNLOADS:
+        if kind != "curves":
+            row[f"dl_{kind}_{fmt}_s"] = download(http, job_id, kind, fmt)
+    row["api_download_mb"] = peak_mb(svc.api_pids())
+    return row
+
+
 def _params(method: str, args) -> dict:
     return json.loads(args.params).get(method, {}) if args.params else {}
 
@@ -437,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "hostcp-scale")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON lines")
     ap.add_argument("--keep", action="store_true", help="keep the servers' work directory")
+    ap.add_argument("--stored-results", action="store_true",
+                    help="run no job: write the result rows straight into the database and "
+                         "time the uploads and downloads only (method column: stored-rows)")
     ap.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra environment of the servers, e.g. HOSTCP_CURVE_EPOCHS=3")
     args = ap.parse_args(argv)
@@ -466,6 +511,11 @@ def main(argv: list[str] | None = None) -> int:
                           f"{paths['train_csv'].stat().st_size / 2**20:.0f} MB CSV)",
                           flush=True)
                     ups = upload_all(client, svc, paths)
+                    if args.stored_results:
+                        rows.append(stored_case(client, http, svc, ups, n))
+                        print(f"# {mode} {n} stored rows: " + " ".join(
+                            f"{c}={_fmt(rows[-1].get(c))}" for c in COLUMNS[4:]), flush=True)
+                        continue
                     for method in args.methods:
                         if method == "hostcp" and n > args.hostcp_max_rows:
                             continue

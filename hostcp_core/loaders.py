@@ -212,7 +212,7 @@ class TableStream:
 
     def __init__(self, path: str | os.PathLike, *, format: str | None = None,
                  label_column: str | None = None, id_column: str | None = None,
-                 name: str | None = None, batch_bytes: int = 4 << 20) -> None:
+                 name: str | None = None, batch_bytes: int = 1 << 20) -> None:
         self.path = Path(path)
         self.name = name or self.path.name
         self.format = format or detect_format(self.path)
@@ -261,7 +261,8 @@ class TableStream:
         import pyarrow.parquet as pq
 
         try:
-            self._pq = pq.ParquetFile(self.path)
+            # buffered column reads, no pre-buffering: a batch, not a row group, in memory
+            self._pq = pq.ParquetFile(self.path, buffer_size=1 << 20, pre_buffer=False)
             schema = self._pq.schema_arrow
         except Exception as exc:  # pyarrow raises many types for corrupt files
             raise DataError(f"{self.name}: not a readable Parquet file "
@@ -291,8 +292,9 @@ class TableStream:
         try:
             reader = pcsv.open_csv(
                 self.path,
+                # one block in flight: parallel parsing would keep several (~40x block_size)
                 read_options=pcsv.ReadOptions(column_names=self.columns, skip_rows=1,
-                                              block_size=self._batch_bytes),
+                                              block_size=self._batch_bytes, use_threads=False),
                 parse_options=pcsv.ParseOptions(delimiter=self._sep, newlines_in_values=True),
                 convert_options=pcsv.ConvertOptions(column_types=types,
                                                     strings_can_be_null=True))
@@ -332,7 +334,7 @@ class TableStream:
     def _parquet_batches(self):
         rows = max(1024, self._batch_bytes // max(8 * len(self.columns), 1))
         try:
-            yield from self._pq.iter_batches(batch_size=rows)
+            yield from self._pq.iter_batches(batch_size=rows, use_threads=False)
         except Exception as exc:
             raise DataError(f"{self.name}: not a readable Parquet file "
                             f"({_first_line(exc)})") from None
