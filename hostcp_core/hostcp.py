@@ -535,13 +535,14 @@ class HostCP(Valuer):
         sol = solve_batch(Dn.double(), Do.double(), budget, self.eps, mode=mode,
                           scale=_CROSS_CLASS_DISTANCE)
         u, Zn = sol.u.to(Dn.dtype), sol.Zn.to(Dn.dtype)    # (W, nb), (W, nb, nb)
+        # Padded slots add exact zeros (to a real index), so nothing is read back to the host.
         flat_real = real.flatten()
-        ridx = idxs.flatten()[flat_real]
+        ridx = idxs.flatten()
         mass = Zn.sum(-2) - Zn.diagonal(dim1=-2, dim2=-1)
-        acc.mass.index_add_(0, ridx, mass.flatten()[flat_real].double())
+        acc.mass.index_add_(0, ridx, torch.where(flat_real, mass.flatten(), 0.0).double())
         zo = sol.Zo[..., :-1].to(Dn.dtype).sum(-2)         # the sink column is no point
-        acc.mass.index_add_(0, old[valid], zo[valid].double())
-        acc.u.index_add_(0, ridx, u.flatten()[flat_real].double())
+        acc.mass.index_add_(0, old.flatten(), torch.where(valid, zo, 0.0).flatten().double())
+        acc.u.index_add_(0, ridx, torch.where(flat_real, u.flatten(), 0.0).double())
         top = select_top_k(u, subset_size(nb, self.fraction))   # padded u = 0 sort last
         for w, size in enumerate(sizes):
             t = top[w, :subset_size(size, self.fraction)]
@@ -552,7 +553,7 @@ class HostCP(Valuer):
             xb, ybw = X[idxs[w, :size]], yb[w, :size]
             loss, dV[w, :size] = self._theta_step(model, opt, xb, ybw, u[w, :size], Xt, Yt, gen)
             loss_sum += loss * size
-        acc.signal.index_add_(0, ridx, -dV.flatten()[flat_real].double())
+        acc.signal.index_add_(0, ridx, -dV.flatten().double())   # padded dV are 0
         if not self.learn_embedding:
             acc.grad_norms.extend([0.0] * W)
             return t_layer
