@@ -111,3 +111,17 @@ def test_train_classifier_callbacks_do_not_change_the_model(task):
     stopped = train_classifier(train.X, train.y, 2, epochs=200, seed=4, patience=1,
                                min_delta=0.5)
     assert stopped.epochs_run_ < 200
+
+
+def test_quick_on_a_small_sample_is_the_full_fit(task):
+    # below cap points and target_steps / 30 epochs, quick trains exactly the full protocol's
+    # learner for the service's 30 epochs (early stopping off, so nothing can cut it short)
+    train, holdout = task
+    order = np.random.default_rng(3).permutation(train.n)
+    kw = dict(fractions=(0.1, 0.3), seed=2)
+    quick = evaluate_subset(train, holdout, order, np.sort(order[:20]), depth="quick",
+                            quick=QuickSettings(patience=None), **kw)
+    full = evaluate_subset(train, holdout, order, np.sort(order[:20]), depth="full", epochs=30,
+                           **kw)
+    assert [r["accuracy"] for r in quick.curves] == [r["accuracy"] for r in full.curves]
+    assert quick.subset == full.subset and quick.random_subset == full.random_subset

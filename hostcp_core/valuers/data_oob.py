@@ -93,6 +93,7 @@ class DataOOB(Valuer):
         counts = np.zeros(n, dtype=np.int32)
         done, last = 0, time.monotonic()
         pending: deque = deque()
+        report(progress, "data_oob:models", 0, B)  # a cancel is honoured before any work
         pool = ThreadPoolExecutor(max_workers=jobs)
         try:
             for b in range(B):

@@ -54,6 +54,7 @@ def knn_shapley_values(Xtr: torch.Tensor, ytr: torch.Tensor, Xte: torch.Tensor,
     coef = torch.clamp(i, max=k) / (k * i)  # min(k, i) / (k i), i = 1..N−1
     total = torch.zeros(N, dtype=torch.float64, device=Xtr.device)
     m = Xte.shape[0]
+    report(progress, "knn_shapley:test_points", 0, m)  # a cancel is honoured before any work
     for sl in chunks(m, chunk_size(N, batch, max_elements)):
         # exact distances (no matmul round-off), so ties are real ties, broken by index
         dist = torch.cdist(Xte[sl], Xtr, compute_mode="donot_use_mm_for_euclid_dist")
