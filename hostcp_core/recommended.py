@@ -51,9 +51,10 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "trusted_coverage": ("hostcp", "data_oob"), "hostcp": ("hostcp",),
     "trusted_hostcp": ("hostcp", "data_oob"),
 }
-# Facility location holds a (class size)² similarity matrix: above this many points in a class
-# the coverage candidates are skipped (stated in the candidate table), not approximated.
-COVERAGE_MAX_CLASS = 6000
+# Greedy facility location costs O(quota · class size²) (a class of 2000 at γ = 0.2: ~1.6e9
+# multiply-adds, seconds): above this many points in a class the coverage candidates are
+# skipped (stated in the candidate table), not approximated.
+COVERAGE_MAX_CLASS = 2000
 
 
 @dataclass
@@ -121,7 +122,8 @@ def suspects_from_values(values: np.ndarray, y: np.ndarray, k: int, n_classes: i
 
 
 def facility_location_order(h: np.ndarray, y: np.ndarray, k: int, n_classes: int,
-                            pool: np.ndarray | None = None) -> np.ndarray:
+                            pool: np.ndarray | None = None,
+                            progress: ProgressCallback | None = None) -> np.ndarray:
     """Class-conditional greedy facility location (max Σ_i max_{j∈S} s_ij, s = d_max − d within a
     class) over embeddings ``h``: each class gets its quota of representatives, chosen from
     and covering the ``pool`` points of that class (all when None). The ranking: the picks in
@@ -131,6 +133,7 @@ def facility_location_order(h: np.ndarray, y: np.ndarray, k: int, n_classes: int
     h = np.asarray(h, dtype=np.float64)
     gain_all = np.zeros(n)
     picks_by_class = []
+    last = time.monotonic()
     for c, t in enumerate(class_quotas(y, k, n_classes)):
         rows = np.flatnonzero(y == c)
         cand = rows[pool[rows]]
@@ -152,6 +155,9 @@ def facility_location_order(h: np.ndarray, y: np.ndarray, k: int, n_classes: int
             taken[j] = True
             chosen.append(j)
             cover = np.maximum(cover, sim[:, j])
+            if progress is not None and time.monotonic() - last >= 1.0:
+                last = time.monotonic()
+                report(progress, "recommended:coverage", c, n_classes)
         gains = np.maximum(sim - cover[:, None], 0.0).sum(0)
         gain_all[cand] = gains
         picks_by_class.append(cand[np.asarray(chosen, dtype=np.int64)])
@@ -183,18 +189,22 @@ def hostcp_embedding(hc) -> Callable[[Dataset], np.ndarray]:
 # ---------------------------------------------------------------- learners
 
 def train_predict(learner: str, X: np.ndarray, y: np.ndarray, n_classes: int, Xv: np.ndarray,
-                  *, seed: int, epochs: int) -> np.ndarray:
+                  *, seed: int, epochs: int,
+                  on_progress: Callable[[int, int, float | None], None] | None = None
+                  ) -> np.ndarray:
     """Predicted labels for ``Xv`` of ``learner`` trained on (X, y): ``logreg`` (standardised
     multinomial logistic regression, sklearn), ``mlp`` (the project's 64-64 MLP,
     ``train_classifier``, ``epochs`` epochs) or ``gbt`` (sklearn histogram gradient boosting).
-    A subset with a single class predicts that class."""
+    A subset with a single class predicts that class. ``on_progress`` reaches the MLP's
+    training loop (sklearn's fits have no callback)."""
     present = np.unique(y)
     if present.size < 2:
         return np.full(len(Xv), present[0] if present.size else 0, dtype=np.int64)
     if learner == "mlp":
         from hostcp_core.models import predict_proba, train_classifier
 
-        model = train_classifier(X, y, n_classes, hidden=(64, 64), epochs=epochs, seed=seed)
+        model = train_classifier(X, y, n_classes, hidden=(64, 64), epochs=epochs, seed=seed,
+                                 on_progress=on_progress, progress_every=20)
         return predict_proba(model, Xv).argmax(1)
     if learner == "logreg":
         from sklearn.linear_model import LogisticRegression
@@ -235,8 +245,14 @@ def score_candidates(cands: dict[str, Candidate], train: Dataset, val: Dataset, 
         correct = np.zeros(val.n)
         accs = []
         for s in range(runs):
+            def tick(epoch, batch, loss, _name=name, _done=done):
+                nonlocal last
+                if progress is not None and time.monotonic() - last >= 1.0:
+                    last = time.monotonic()
+                    report(progress, "recommended:score", _done, total, message=_name)
+
             pred = train_predict(learner, train.X[idx], train.y[idx], train.n_classes, val.X,
-                                 seed=seed * 1000 + s, epochs=epochs)
+                                 seed=seed * 1000 + s, epochs=epochs, on_progress=tick)
             hit = pred == val.y
             correct += hit
             accs.append(float(hit.mean()))
@@ -456,7 +472,7 @@ class RecommendedSelection(Valuer):
                     h = hostcp_embedding(hc)(train)
                 order = facility_location_order(h, train.y, k, K,
                                                 pool=trusted if name == "trusted_coverage"
-                                                else None)
+                                                else None, progress=progress)
             else:  # pragma: no cover - _check guards the names
                 raise ValueError(name)
             cands[name] = Candidate(name, np.sort(order[:k]), order, time.perf_counter() - t0,
