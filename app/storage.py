@@ -205,12 +205,32 @@ def dataset_arrays(ds) -> dict[str, np.ndarray]:
 
 
 def arrays_dataset(arrays: dict[str, np.ndarray], *, classes=None, name: str = "dataset"):
-    """Rebuild a Dataset; ``classes`` (the training set's) fixes the label encoding."""
-    from hostcp_core import make_dataset
+    """Rebuild a Dataset; ``classes`` (the training set's) fixes the label encoding.
+
+    Stored labels are class names as fixed-width text, encoded here with one sorted search
+    rather than make_dataset's Python loop per row (a million rows: no million str objects);
+    the result, and the error for a label outside ``classes``, are make_dataset's."""
+    from hostcp_core import DataError, make_dataset
+    from hostcp_core.data import Dataset, _as_feature_matrix
 
     if classes is None:
         classes = [str(c) for c in arrays["classes"]]
     fnames = arrays.get("feature_names")
-    return make_dataset(arrays["X"], arrays["labels"], classes=classes, ids=arrays.get("ids"),
-                        feature_names=None if fnames is None else [str(f) for f in fnames],
-                        name=name)
+    fnames = None if fnames is None else [str(f) for f in fnames]
+    labels, ids = arrays["labels"], arrays.get("ids")
+    if labels.dtype.kind != "U" or labels.ndim != 1 or len(labels) != len(arrays["X"]):
+        return make_dataset(arrays["X"], labels, classes=classes, ids=ids,
+                            feature_names=fnames, name=name)
+    names = np.asarray([str(c) for c in classes], dtype=str)
+    order = np.argsort(names, kind="stable")
+    pos = np.minimum(np.searchsorted(names[order], labels), len(names) - 1)
+    known = names[order][pos] == labels
+    if not known.all():
+        unknown = sorted(set(labels[~known].tolist()))
+        raise DataError(f"{name}: labels not seen in the training set: "
+                        f"{', '.join(repr(u) for u in unknown[:5])}")
+    if ids is not None and ids.shape != (len(labels),):
+        raise DataError(f"{name}: {len(ids)} ids for {len(labels)} rows")
+    return Dataset(_as_feature_matrix(arrays["X"], name), order[pos].astype(np.int64),
+                   tuple(str(c) for c in classes), ids,
+                   None if fnames is None else tuple(fnames), name)

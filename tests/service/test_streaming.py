@@ -262,3 +262,34 @@ def test_streamed_uploads_keep_their_records(client, api_key_headers, settings, 
 def _owner(session, headers) -> int:
     token = headers["Authorization"].split()[1]
     return repo.authenticate(session, token=token).id
+
+
+def test_stored_arrays_load_as_make_dataset_builds_them():
+    """arrays_dataset's vectorised label encoding gives make_dataset's Dataset, also for a
+    test set encoded against the training classes, and its error for an unseen label."""
+    from app.storage import arrays_dataset, dataset_arrays
+    from hostcp_core import DataError, make_dataset
+
+    rng = np.random.default_rng(3)
+    n = 5_000
+    X = rng.normal(size=(n, 4))
+    labels = rng.choice(["gamma", "alpha", "10", "9", "beta"], n)
+    ids = np.array([f"r{i}" for i in range(n)])
+    arrays = dataset_arrays(make_dataset(X, labels, ids=ids, feature_names=list("abcd")))
+    for classes in (None, ["beta", "9", "gamma", "alpha", "10", "unused"]):
+        got = arrays_dataset(arrays, classes=classes, name="t")
+        want = make_dataset(arrays["X"], arrays["labels"], ids=arrays["ids"], name="t",
+                            classes=classes or [str(c) for c in arrays["classes"]],
+                            feature_names=[str(f) for f in arrays["feature_names"]])
+        assert got.classes == want.classes and got.feature_names == want.feature_names
+        assert got.y.dtype == want.y.dtype and np.array_equal(got.y, want.y)
+        assert got.X.dtype == want.X.dtype and np.array_equal(got.X, want.X)
+        assert np.array_equal(got.ids, want.ids) and got.name == want.name
+    messages = []
+    for build in (lambda: arrays_dataset(arrays, classes=["alpha", "beta"], name="te"),
+                  lambda: make_dataset(arrays["X"], arrays["labels"], classes=["alpha", "beta"],
+                                       name="te")):
+        with pytest.raises(DataError) as err:
+            build()
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "'10'" in messages[0]
