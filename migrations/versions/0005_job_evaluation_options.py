@@ -23,6 +23,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_column("flag_precision")
-        batch_op.drop_column("evaluation")
+    if op.get_bind().dialect.name == "sqlite":
+        # SQLite's own DROP COLUMN (3.35+): a batch rebuild of jobs would rename the table
+        # under the reporting views (0004), which SQLite refuses
+        op.execute("ALTER TABLE jobs DROP COLUMN flag_precision")
+        op.execute("ALTER TABLE jobs DROP COLUMN evaluation")
+        return
+    op.drop_column("jobs", "flag_precision")
+    op.drop_column("jobs", "evaluation")
