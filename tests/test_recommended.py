@@ -139,7 +139,8 @@ def test_candidate_table_content(fitted, data):
     assert "winner" in res.extra["why"] or res.extra["winner"] in res.extra["why"] or \
         "highest mean" in res.extra["why"]
     assert "per_candidate" in res.extra["budget"] and "hostcp" in res.extra["budget"]["shared"]
-    json.dumps(res.summary(), default=to_jsonable)   # JSON-able for the job summary
+    json.dumps(res.extra)   # plain JSON for the job summary (no numpy types)
+    json.dumps(res.summary(), default=to_jsonable)
     # values rank exactly as the winner's order: its subset is the top k by value
     top = np.sort(np.argsort(-res.values, kind="stable")[:k])
     np.testing.assert_array_equal(top, res.selected)
