@@ -212,26 +212,37 @@ def error_posterior(q: np.ndarray, y: np.ndarray, T: np.ndarray) -> np.ndarray:
     return post
 
 
+DEFAULT_FLAG_PRECISION = 0.8
+
+
 def flag_errors(label_error_prob: np.ndarray, *, flag_precision: float | None = None,
-                threshold: float = 0.5) -> tuple[np.ndarray, dict]:
-    """The flags. With ``flag_precision``: the largest set of most-suspect points whose mean
-    label_error_prob (their expected precision) is at least the target. Otherwise every point with
-    label_error_prob ≥ ``threshold`` (0.5: more likely wrong than right). Returns
-    (mask, rule description)."""
+                threshold: float | None = None) -> tuple[np.ndarray, dict]:
+    """The flags. By default (and with ``flag_precision``): the largest set of most-suspect
+    points whose mean label_error_prob — their expected precision — is at least the target
+    (default :data:`DEFAULT_FLAG_PRECISION`). With ``threshold`` instead: every point with
+    label_error_prob ≥ threshold. Returns (mask, rule description).
+
+    The default was chosen by measurement (docs/RESULTS.md, "Mislabel report"): on 8 datasets
+    at 10% flips it gave a higher mean F1 than the 0.5 threshold (0.691 against 0.672) with about
+    the same flags on clean data.
+    """
     p = np.asarray(label_error_prob, dtype=np.float64)
-    if flag_precision is None:
+    if threshold is not None:
+        if flag_precision is not None:
+            raise ValueError("give flag_precision or threshold, not both")
         mask = p >= threshold
         rule = {"rule": "threshold", "threshold": float(threshold)}
     else:
-        if not 0.0 < flag_precision <= 1.0:
-            raise ValueError(f"flag_precision must lie in (0, 1], got {flag_precision}")
+        target = DEFAULT_FLAG_PRECISION if flag_precision is None else flag_precision
+        if not 0.0 < target <= 1.0:
+            raise ValueError(f"flag_precision must lie in (0, 1], got {target}")
         order = np.argsort(-p, kind="stable")
         running = np.cumsum(p[order]) / np.arange(1, p.size + 1)
         # running means of a descending sequence never increase: the set is a prefix
-        k = int(np.searchsorted(-running, -flag_precision + 1e-12, side="right"))
+        k = int(np.searchsorted(-running, -target + 1e-12, side="right"))
         mask = np.zeros(p.size, dtype=bool)
         mask[order[:k]] = True
-        rule = {"rule": "expected_precision", "flag_precision": float(flag_precision)}
+        rule = {"rule": "expected_precision", "flag_precision": float(target)}
     rule["n_flagged"] = int(mask.sum())
     rule["expected_precision"] = float(p[mask].mean()) if mask.any() else None
     rule["expected_errors_flagged"] = float(p[mask].sum())

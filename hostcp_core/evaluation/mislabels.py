@@ -25,7 +25,6 @@ from hostcp_core.progress import ProgressCallback
 
 REPORT_COLUMNS = ("index", "id", "given_label", "suggested_label", "suggested_prob",
                   "label_error_prob", "score", "rank", "suspected")
-DEFAULT_THRESHOLD = 0.5
 
 
 def out_of_fold_proba(train: Dataset, *, n_folds: int | None = None, seed: int = 0
@@ -40,7 +39,7 @@ def mislabel_report(
     *,
     seed: int = 0,
     flag_precision: float | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float | None = None,
     progress: ProgressCallback | None = None,
     models: Sequence[str] = DEFAULT_MODELS,
     max_fit_rows: int = 20_000,
@@ -57,10 +56,10 @@ def mislabel_report(
     ``label_error_prob`` — calibrated P(given label wrong | x, given label);
     ``score`` = 1 − label_error_prob (LOW = suspect); ``suggested_label`` — the most probable true
     class given x and the given label (for a flagged point: the most probable *other* class);
-    ``suggested_prob`` — its probability; ``suspected`` — the flags:
-    with ``flag_precision`` the largest most-suspect set whose mean label_error_prob (its expected
-    precision) is at least the target, otherwise label_error_prob ≥ ``threshold`` (0.5: more
-    likely wrong than right).
+    ``suggested_prob`` — its probability; ``suspected`` — the flags: the largest most-suspect set
+    whose mean label_error_prob (its expected precision) is at least ``flag_precision`` (default
+    0.8, chosen by measurement); or, with ``threshold`` given instead, label_error_prob ≥
+    threshold (e.g. 0.5: more likely wrong than right).
 
     ``df.attrs`` (plain JSON-able): ``expected_errors`` (sum of label_error_prob),
     ``flag_rule`` (rule, parameters, n_flagged, its expected precision), ``noise_rates`` (per given
