@@ -422,8 +422,11 @@ def cancel_case(client, svc: Service, ups: dict, n: int, method: str, stage: str
     def on_poll(j):
         if sent or j["status"] != "running":
             return
-        if (j.get("stage") or "").split(":")[0] == stage:
-            sent["at"] = time.perf_counter()
+        now = (j.get("stage") or "").split(":")[0]
+        later = (now in CANCEL_STAGES
+                 and CANCEL_STAGES.index(now) > CANCEL_STAGES.index(stage))
+        if now == stage or later:  # a stage missed between polls: cancel where the job is
+            sent["at"], sent["stage"] = time.perf_counter(), now
             row["seen_at_s"] = sent["at"] - t0
             client.cancel_job(j["id"])
 
@@ -432,6 +435,8 @@ def cancel_case(client, svc: Service, ups: dict, n: int, method: str, stage: str
     row["cancel_s"] = time.perf_counter() - sent["at"] if sent else None
     if not sent:
         row["final_status"] += f" (never seen in {stage})"
+    elif sent["stage"] != stage:
+        row["final_status"] += f" (in {sent['stage']}: {stage} passed between polls)"
     return row
 
 
