@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from app import cli_dashboards
 from hostcp_core import cli as library_cli
 
 
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     library_cli.register(sub)
     register(sub)
+    cli_dashboards.register(sub)
     return parser
 
 
