@@ -264,7 +264,9 @@ _POINT_COLUMNS = (PointResult.point_index, PointResult.point_id, PointResult.sco
 def point_rows(session: Session, *, job_id: str, order: str, after: int | None, limit: int,
                selected_only: bool = False, suspected_only: bool = False) -> Sequence:
     """One keyset batch of ``job_points`` as column rows carrying a ``PointResult``'s attribute
-    names, in the order (and with the filters) of ``list_points``."""
+    names, in the order (and with the filters) of ``list_points``. Column order (callers unpack
+    by position): point_index, point_id, score, rank, selected, given_label, suggested_label,
+    suggested_prob, label_error_prob, mislabel_score, mislabel_rank, suspected_mislabel."""
     col = PointResult.point_index if order == "index" else PointResult.mislabel_rank
     q = select(*_POINT_COLUMNS).where(PointResult.job_id == job_id)
     if selected_only:
@@ -273,19 +275,22 @@ def point_rows(session: Session, *, job_id: str, order: str, after: int | None, 
         q = q.where(PointResult.suspected_mislabel.is_(True))
     if after is not None:
         q = q.where(col > after)
-    return session.execute(q.order_by(col).limit(limit)).all()
+    # Core execution: plain rows without the ORM's per-row result processing
+    return session.connection().execute(q.order_by(col).limit(limit)).all()
 
 
 def curve_rows(session: Session, *, job_id: str, after: tuple[str, int] | None,
                limit: int) -> Sequence:
-    """One keyset batch of ``job_curves`` as column rows, in ``list_curves``'s order."""
+    """One keyset batch of ``job_curves`` as column rows (curve, step, fraction, n_points,
+    value), in ``list_curves``'s order."""
     q = select(CurvePoint.curve, CurvePoint.step, CurvePoint.fraction, CurvePoint.n_points,
                CurvePoint.value).where(CurvePoint.job_id == job_id)
     if after is not None:
         curve, step = after
         q = q.where(or_(CurvePoint.curve > curve,
                         and_(CurvePoint.curve == curve, CurvePoint.step > step)))
-    return session.execute(q.order_by(CurvePoint.curve, CurvePoint.step).limit(limit)).all()
+    return session.connection().execute(
+        q.order_by(CurvePoint.curve, CurvePoint.step).limit(limit)).all()
 
 
 def class_counts(session: Session, *, job_id: str, top_k: int) -> dict[str, dict[str, int]]:

