@@ -430,6 +430,50 @@ class HostCP(Valuer):
         embed_opt.step()
         return loss, gnorm, dV_du
 
+    def _theta_steps_wave(self, model, opt, xb, yb, u, real, sizes, Xt, Yt, gen, loss_sum):
+        """The θ steps of a wave's minibatches, one after the other (as ``_theta_step``), and
+        their look-aheads dV/du in one vectorised call (vmap over the minibatches: each at its
+        own θ and step). xb (W, n, d), yb and u (W, n) padded as ``real`` says; returns dV/du
+        (W, n), 0 on padded points."""
+        buffers = dict(model.named_buffers())
+        names = [k for k, _ in model.named_parameters()]
+        thetas, grads, samples = [], [], []
+        for w, size in enumerate(sizes):
+            thetas.append([v.detach().clone() for v in model.parameters()])
+            per_point = F.cross_entropy(model(xb[w, :size]), yb[w, :size], reduction="none")
+            loss = (u[w, :size].detach() * per_point).sum() / (self.fraction * size)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grads.append([v.grad.detach().clone() for v in model.parameters()])
+            if self.test_batch_size < Xt.shape[0]:   # the same draws, in the same order
+                samples.append(torch.randperm(Xt.shape[0], generator=gen)[:self.test_batch_size])
+            opt.step()
+            loss_sum += loss.detach() * size
+        theta = {k: torch.stack([t[i] for t in thetas]) for i, k in enumerate(names)}
+        grad_ = {k: torch.stack([g[i] for g in grads]) for i, k in enumerate(names)}
+        if samples:
+            tb = torch.stack(samples).to(Xt.device)
+            Xv, Yv, v_dim = Xt[tb], Yt[tb], 0
+        else:
+            Xv, Yv, v_dim = Xt, Yt, None   # the whole test set
+        lr = self.lookahead_lr
+
+        def dots(theta, g, xb, yb, Xv, Yv):
+            theta_hat = {k: theta[k] - lr * g[k] for k in theta}
+
+            def V(p):
+                return F.cross_entropy(functional_call(model, (p, buffers), (Xv,)), Yv)
+
+            def losses(p):
+                return F.cross_entropy(functional_call(model, (p, buffers), (xb,)), yb,
+                                       reduction="none")
+
+            return jvp(losses, (theta,), (grad(V)(theta_hat),))[1]
+
+        d = vmap(dots, in_dims=(0, 0, 0, 0, v_dim, v_dim))(theta, grad_, xb, yb, Xv, Yv)
+        norm = self.fraction * torch.tensor(sizes, dtype=d.dtype, device=d.device)
+        return torch.where(real, -(lr / norm)[:, None] * d, 0.0).detach()
+
     def _theta_step(self, model, opt, xb, yb, ud, Xt, Yt, gen):
         """θ step with u held fixed; returns the loss and dV/du of the look-ahead."""
         params = {k: v.detach() for k, v in model.named_parameters()}
@@ -548,11 +592,16 @@ class HostCP(Valuer):
             t = top[w, :subset_size(size, self.fraction)]
             old_set.add(idxs[w, t], hb[w, t])
         t_layer = time.perf_counter() - t0
-        dV = torch.zeros_like(u)
-        for w, size in enumerate(sizes):
-            xb, ybw = X[idxs[w, :size]], yb[w, :size]
-            loss, dV[w, :size] = self._theta_step(model, opt, xb, ybw, u[w, :size], Xt, Yt, gen)
-            loss_sum += loss * size
+        if self.recalibrate:   # the bias re-fit iterates on the host: one minibatch at a time
+            dV = torch.zeros_like(u)
+            for w, size in enumerate(sizes):
+                xb, ybw = X[idxs[w, :size]], yb[w, :size]
+                loss, dV[w, :size] = self._theta_step(model, opt, xb, ybw, u[w, :size], Xt, Yt,
+                                                      gen)
+                loss_sum += loss * size
+        else:
+            dV = self._theta_steps_wave(model, opt, X[idxs], yb, u, real, sizes, Xt, Yt, gen,
+                                        loss_sum)
         acc.signal.index_add_(0, ridx, -dV.flatten().double())   # padded dV are 0
         if not self.learn_embedding:
             acc.grad_norms.extend([0.0] * W)
