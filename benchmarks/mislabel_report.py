@@ -272,6 +272,28 @@ def summary(args) -> str:
         m = d[d["cond"] == cond][list(cols)].mean().rename(cols)
         lines.append(f"- {cond}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items()
                                               if not np.isnan(v)))
+    # the valuers' flip ROC-AUC on the same splits and flips (10% uniform): the paper run's rows
+    # for the paper datasets (results/paper/detection.csv), this script's --valuers otherwise
+    u10 = d[(d["rate"] == 0.1) & (d["kind"] == "uniform")]
+    paper = pd.read_csv(ROOT / "results/paper/detection.csv")
+    paper = paper[paper["method"] != "random"]
+    pv = paper.pivot_table(index="dataset", columns="method", values="roc_auc_values",
+                           aggfunc="mean")
+    own = {c[4:]: u10.groupby("dataset")[c].mean() for c in u10.columns
+           if c.startswith("auc_") and "+" not in c and c != "auc_cleanlab_model_selfconf"}
+    tab = pd.concat([u10.groupby("dataset")["auc"].mean().rename("report"),
+                     u10.groupby("dataset")["auc_cleanlab_model_selfconf"].mean().rename(
+                         "cleanlab model self-confidence"),
+                     pv, pd.DataFrame(own)], axis=1)
+    tab = tab.T.groupby(level=0, sort=False).first().T   # one column per method
+    tab = tab.reindex(u10["dataset"].unique())
+    lines += ["", "Flip ROC-AUC at 10% uniform flips, mean over seeds 0-2 (same splits):", "",
+              _markdown(tab.round(3)), ""]
+    combos = [c for c in u10.columns if c.startswith("auc_report+")]
+    if combos:
+        cm = u10.groupby("dataset")[["auc", *combos]].mean().dropna()
+        lines += ["Report alone vs rank-averaged with a valuer's values:", "",
+                  _markdown(cm.round(3)), ""]
     clean = d[d["rate"] == 0].groupby("dataset")["flagged_share"].max()
     lines.append(f"- clean data, largest flagged share over seeds: {clean.round(3).to_dict()}")
     out = "\n".join(lines)

@@ -9,7 +9,8 @@ The pipeline (:class:`LabelErrorDetector`):
    ``max_fit_rows`` rows, which bounds time and memory at any n.
 2. One pooled posterior of the *given* (possibly noisy) label, q(x): a weighted average of the
    candidates' probabilities with a temperature, the 2–4 parameters fitted by log-loss on the
-   out-of-fold predictions (so the pool is calibrated for the labels as given).
+   out-of-fold predictions (so the pool is calibrated for the labels as given); from
+   ``ISOTONIC_FROM`` rows on, then per-class isotonic calibration, cross-fitted.
 3. A class-conditional noise model T[i, j] = P(given j | true i), estimated from anchor regions:
    the points ranked most confidently as class i by the out-of-fold q_i, whose given labels are
    almost all i when the data are clean and carry T[i, ·] when labels were flipped. Because the
@@ -165,6 +166,27 @@ def _pool(probs: list[np.ndarray], y: np.ndarray, max_rows: int, seed: int
     return q, softmax(np.r_[0.0, theta[: m - 1]]), float(np.exp(theta[-1]))
 
 
+ISOTONIC_FROM = 20_000
+
+
+def isotonic_calibrate(q: np.ndarray, y: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Per-class isotonic calibration of q for the given labels, cross-fitted: each random half
+    is calibrated by maps fitted on the other half, so a point's own label never calibrates it.
+    Rows renormalised."""
+    from sklearn.isotonic import IsotonicRegression
+
+    n, K = q.shape
+    half = np.random.default_rng(seed).random(n) < 0.5
+    out = np.empty_like(q)
+    for apply, fit in ((half, ~half), (~half, half)):
+        for j in range(K):
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+            iso.fit(q[fit, j], (y[fit] == j).astype(np.float64))
+            out[apply, j] = iso.predict(q[apply, j])
+    out = np.clip(out, _EPS, None)
+    return out / out.sum(1, keepdims=True)
+
+
 def estimate_noise_matrix(q: np.ndarray, y: np.ndarray, n_classes: int, *,
                           anchor_fraction: float = 0.1, min_anchors: int = 60,
                           prior_strength: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
@@ -257,8 +279,8 @@ class LabelErrorDetector:
     n), ``max_fit_rows`` (cap on the rows each fold's model is fitted on), ``anchor_fraction``
     (share of each class used as its anchor region), ``seed``, ``n_jobs``.
 
-    After :meth:`fit`: ``models_`` (those used), ``oof_probs_`` (per model), ``pred_probs_``
-    (q: pooled, calibrated for the given labels), ``weights_``, ``temperature_``,
+    After :meth:`fit`: ``models_`` (those used), ``calibration_``, ``oof_probs_`` (per model),
+    ``pred_probs_`` (q: pooled, calibrated for the given labels), ``weights_``, ``temperature_``,
     ``noise_matrix_`` (T), ``posterior_`` (P(true class | x, given label)),
     ``label_error_prob_``, ``suggested_`` (codes), ``expected_errors_``, ``seconds_``.
     """
@@ -292,6 +314,14 @@ class LabelErrorDetector:
                                             n_jobs=self.n_jobs, progress=progress)
         q, w, temp = _pool([self.oof_probs_[m] for m in models], y,
                            max_rows=max(self.max_fit_rows, 1000), seed=self.seed)
+        # The noise model reads the small probabilities (a flipped point's given label sits at the
+        # noise floor), which one global temperature gets wrong on big data: measured at 45k
+        # rows (3 classes, 10% flipped), flag F1 0.34 with the temperature alone and 0.83 after
+        # isotonic calibration; at 500 rows the isotonic maps are too noisy (mean F1 at 10%
+        # flips 0.662 against 0.691) and at 5k-20k the two were even.
+        self.calibration_ = "isotonic" if train.n >= ISOTONIC_FROM else "temperature"
+        if self.calibration_ == "isotonic":
+            q = isotonic_calibrate(q, y, seed=self.seed)
         self.pred_probs_, self.temperature_ = q, temp
         self.weights_ = {m: float(x) for m, x in zip(models, w, strict=True)}
         self.noise_matrix_, self.anchor_sizes_ = estimate_noise_matrix(

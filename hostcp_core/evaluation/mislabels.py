@@ -109,7 +109,8 @@ def mislabel_report(
         "confusion": {"given": classes, "true": classes,
                       "counts": [[float(v) for v in row] for row in confusion]},
         "detector": {"models": list(det.models_), "weights": det.weights_,
-                     "temperature": det.temperature_, "n_folds": det.n_folds_,
+                     "temperature": det.temperature_, "calibration": det.calibration_,
+                     "n_folds": det.n_folds_,
                      "max_fit_rows": det.max_fit_rows, "anchor_fraction": det.anchor_fraction,
                      "seconds": det.seconds_, "values_used": False},
     })
