@@ -86,10 +86,18 @@ def suspend_views(conn: Connection) -> Iterator[None]:
     ("error in view reporting_...: no such table") while a view names the dropped table. This
     drops the reporting views and re-creates them from their stored SQL afterwards. Postgres
     alters tables in place: nothing to do (dropping a column a view reads fails there, on
-    purpose: that change needs a new view version)."""
+    purpose: that change needs a new view version).
+
+    Foreign keys must be off on the connection (set before its transaction begins): the
+    rebuild DROPs the old table, and with them on SQLite's implicit DELETE cascades, so
+    rebuilding ``jobs`` would delete every job's points and curves. Refused otherwise."""
     if conn.dialect.name != "sqlite":
         yield
         return
+    if conn.exec_driver_sql("PRAGMA foreign_keys").scalar():
+        raise ReportingError("PRAGMA foreign_keys is on: a batch rebuild of a table behind the "
+                             "views would cascade-delete its child rows; migrate with foreign "
+                             "keys off (set before the transaction begins)")
     rows = conn.execute(text("SELECT name, sql FROM sqlite_master WHERE type = 'view' "
                              "AND name LIKE 'reporting\\_%' ESCAPE '\\'")).all()
     for name, _ in rows:
