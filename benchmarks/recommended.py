@@ -302,11 +302,14 @@ def ablation(sub: pd.DataFrame) -> list[str]:
              ("recommended", "trusted_random", "choosing on validation − always "
               "trusted_random")]
     L = ["#### Ablation: what each part adds (points, mean ± se over dataset × seed pairs)", "",
-         "| comparison | fraction | clean, logreg | clean, mlp | flipped, logreg | "
-         "flipped, mlp |", "|---|---|---|---|---|---|"]
+         "| comparison | fraction | pairs | clean, logreg | clean, mlp | flipped, logreg | "
+         "flipped, mlp |", "|---|---|---|---|---|---|---|"]
     for a, b, what in pairs:
         for frac in sorted(sub["fraction"].unique()):
             cells = []
+            pairs_n = sub[np.isclose(sub["fraction"], frac) & (sub["method"] == a)
+                          & (sub["learner"] == "logreg") & (sub["condition"] == "clean")]
+            cells.append(str(len(pairs_n)))
             for cond in ("clean", "flipped"):
                 for lr in ("logreg", "mlp"):
                     g = sub[np.isclose(sub["fraction"], frac) & (sub["condition"] == cond)
