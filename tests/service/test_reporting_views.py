@@ -268,9 +268,10 @@ def test_jobs_view_equals_the_api(world):
         assert row["wait_s"] == pytest.approx((started - created).total_seconds(), abs=1e-3)
         for col in ("n_train", "n_selected", "n_suspected"):
             assert row[col] == job["summary"][col], col
-        assert row["expected_label_errors"] == job["summary"].get("expected_label_errors",
-                                                                  expected_errors)
+        assert row["expected_label_errors"] == job["expected_label_errors"] == expected_errors
         assert row["error_title"] is None
+    # the comparison is not vacuous: the mislabel report gives the estimate
+    assert all(r["expected_label_errors"] is not None for r in rows.values())
 
 
 def _same_points(view_rows: list[dict], api_items: list[dict], with_selected: bool) -> None:
@@ -319,11 +320,13 @@ def test_mislabels_view_equals_the_mislabel_download(world):
                     "suspected": bool(v["suspected"])} == {k: a[k] for k in (
                         "index", "id", "given_label", "suggested_label", "score", "rank",
                         "suspected")}
-            # the calibrated probabilities: the download's once it carries them, the rows'
+            # the calibrated probabilities, as downloaded and as stored
             p = stored[v["point_index"]]
             for col in ("suggested_prob", "label_error_prob"):
-                assert v[col] == a.get(col, getattr(p, col)), col
+                assert v[col] == a[col] == getattr(p, col), col
         assert sum(bool(r["suspected"]) for r in rows) == job["summary"]["n_suspected"]
+        assert all(r["label_error_prob"] is not None and r["suggested_prob"] is not None
+                   for r in rows)  # not vacuous: the report gives them
 
 
 def test_curves_view_equals_the_curves_download(world):
