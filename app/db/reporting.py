@@ -29,7 +29,7 @@ from sqlalchemy import Connection, delete, select, text
 from sqlalchemy.exc import DBAPIError
 
 from app.core.config import Settings
-from app.db.models import ApiKey, DashboardGrant
+from app.db.models import ApiKey, Base, DashboardGrant
 from app.db.session import get_engine
 from app.db.types import utcnow
 
@@ -37,9 +37,9 @@ SCHEMA = "reporting"
 SQLITE_PREFIX = "reporting_"
 # the views of the current read model; older versions stay beside newer ones
 VIEWS: tuple[str, ...] = ("jobs_v1", "points_v1", "mislabels_v1", "curves_v1", "comparison_v1")
-# every table the service owns: a dashboard role must hold no privilege on any of them
-BASE_TABLES = ("api_keys", "datasets", "jobs", "job_points", "job_curves", "job_method_points",
-               "idempotency_keys", "dashboard_grants", "alembic_version")
+# every table the service owns (also tables added later): a dashboard role must hold no
+# privilege on any of them
+BASE_TABLES: tuple[str, ...] = (*sorted(Base.metadata.tables), "alembic_version")
 _ROLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
