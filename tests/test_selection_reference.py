@@ -97,3 +97,23 @@ def test_size_cap_refused():
     assert n_variables(n, m) > MAX_VARIABLES
     with pytest.raises(ValueError, match="native"):
         solve_selection(torch.zeros(n, n), torch.ones(n, m), 8.0, solver="cvxpylayers")
+
+
+@pytest.mark.parametrize("dtype, tol, atol", [(torch.float64, 1e-9, 1e-5),
+                                              (torch.float32, 1e-5, 2e-4)])
+@pytest.mark.parametrize("mode", ["static", "adaptive"])
+def test_wave_solver_matches_cvxpylayers(mode, dtype, tol, atol):
+    """The wave solver (selection._static, as HostCP(wave=W) uses it), in float64 and float32,
+    against the reference layer on a small batch."""
+    from hostcp_core.selection._static import solve_batch
+
+    n, m, B, eps = 12, 8, 3, 0.05
+    Dn, Do = normalize_distances(*clustered_distances(n, m, batch=B, seed=31))
+    K = 0.25 * n
+    ref = solve_selection(Dn, Do, K, eps=eps, solver="cvxpylayers")
+    sol = solve_batch(Dn.to(dtype), Do.to(dtype), torch.full((B,), K, dtype=dtype), eps,
+                      tol=tol, mode=mode)
+    assert sol.u.dtype == dtype
+    assert float((sol.u.double() - ref.u).abs().max()) <= atol
+    assert float((sol.Zn.double() - ref.Zn).abs().max()) <= atol
+    assert float((sol.Zo.double() - ref.Zo).abs().max()) <= atol
