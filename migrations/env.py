@@ -51,9 +51,21 @@ def run_migrations_online() -> None:
     engine = make_engine(_url())
     try:
         with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                # A batch migration rebuilds a table (copy, DROP, rename); with foreign keys on,
+                # SQLite's DROP TABLE of the old jobs would cascade-delete job_points, job_curves
+                # and job_method_points. The pragma only takes effect outside a transaction.
+                conn.exec_driver_sql("PRAGMA foreign_keys = OFF")
+                conn.commit()
             _configure(connection=conn)
             with context.begin_transaction():
                 context.run_migrations()
+                if sqlite:  # what the rebuilt tables hold must still hang together
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+                    if broken:
+                        raise RuntimeError(f"migration left rows with broken foreign keys: "
+                                           f"{broken[:5]}")
     finally:
         engine.dispose()
 

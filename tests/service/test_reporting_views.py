@@ -793,10 +793,6 @@ def test_a_downgrade_upgrade_round_trip_keeps_the_views(world):
     assert _contents(world.settings) == before
 
 
-@pytest.mark.xfail(strict=True, reason="migrations/env.py migrates SQLite with foreign keys on; "
-                   "0003's downgrade batch-rebuilds jobs, and SQLite's DROP TABLE of the old "
-                   "jobs cascades to job_points, job_curves and job_method_points. Fix: PRAGMA "
-                   "foreign_keys=OFF on the migrating connection (the test below)")
 def test_a_sqlite_round_trip_below_0003_keeps_every_row(sqlite_world, tmp_path):
     from alembic import command
 
