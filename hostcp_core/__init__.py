@@ -3,7 +3,8 @@
 A pure library (numpy, torch, cvxpy): it never imports the service layers.
 """
 
-from hostcp_core.catalogue import catalogue, check_feasible
+from hostcp_core import catalogue  # the module: catalogue.catalogue(), method_info(), ...
+from hostcp_core.catalogue import check_feasible
 from hostcp_core.data import Dataset, check_compatible, make_dataset, split_test, validate_train
 from hostcp_core.errors import Cancelled, DataError, NotFittedError
 from hostcp_core.loaders import load_dataset, load_train_test
