@@ -6,10 +6,10 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Select, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -235,13 +235,8 @@ def list_method_points(session: Session, *, job_id: str, method: str, after: int
     """One compared method's per-point rows of a comparison job, in row order, with the point's
     id and label from ``job_points``; rows carry the attribute names of a ``PointResult``
     (point_index, point_id, score, rank, selected, given_label)."""
-    q = (select(MethodPoint.point_index, PointResult.point_id, MethodPoint.score,
-                MethodPoint.rank, MethodPoint.selected, PointResult.given_label)
-         .join(PointResult, and_(PointResult.job_id == MethodPoint.job_id,
-                                 PointResult.point_index == MethodPoint.point_index))
-         .where(MethodPoint.job_id == job_id, MethodPoint.method == method))
-    if selected_only:
-        q = q.where(MethodPoint.selected.is_(True))
+    q = method_points_query(job_id=job_id, method=method, selected_only=selected_only,
+                            ordered=False)
     if after is not None:
         q = q.where(MethodPoint.point_index > after)
     q = q.order_by(MethodPoint.point_index)
@@ -250,9 +245,11 @@ def list_method_points(session: Session, *, job_id: str, method: str, after: int
     return session.execute(q).all()
 
 
-# --- result rows in keyset batches (downloads) ------------------------------------------------
-# Plain column rows, no ORM objects: a download of 10⁶ rows reads them batch by batch, each
-# batch one short query ``key > last key ORDER BY key LIMIT n`` (no OFFSET, no identity map).
+# --- result rows for downloads ----------------------------------------------------------------
+# Plain column rows, no ORM objects. A JSON page is one keyset query (``key > last key ORDER BY
+# key LIMIT n``); a file is one query read in batches through a server-side cursor, so its cost
+# does not depend on the planner's statistics (a keyset batch on a freshly filled Postgres
+# table, before ANALYZE, re-scans every later row: O(n²) over a file).
 
 _POINT_COLUMNS = (PointResult.point_index, PointResult.point_id, PointResult.score,
                   PointResult.rank, PointResult.selected, PointResult.given_label,
@@ -261,69 +258,69 @@ _POINT_COLUMNS = (PointResult.point_index, PointResult.point_id, PointResult.sco
                   PointResult.mislabel_rank, PointResult.suspected_mislabel)
 
 
-def point_rows(session: Session, *, job_id: str, order: str, after: int | None, limit: int,
-               selected_only: bool = False, suspected_only: bool = False) -> Sequence:
-    """One keyset batch of ``job_points`` as column rows carrying a ``PointResult``'s attribute
-    names, in the order (and with the filters) of ``list_points``. Column order (callers unpack
-    by position): point_index, point_id, score, rank, selected, given_label, suggested_label,
-    suggested_prob, label_error_prob, mislabel_score, mislabel_rank, suspected_mislabel."""
+def point_rows_query(*, job_id: str, order: str, selected_only: bool = False,
+                     suspected_only: bool = False) -> Select:
+    """``job_points`` as column rows ordered by ``order`` ("index" or "mislabel_rank"), with
+    ``list_points``'s filters. Column order (callers unpack by position): point_index,
+    point_id, score, rank, selected, given_label, suggested_label, suggested_prob,
+    label_error_prob, mislabel_score, mislabel_rank, suspected_mislabel."""
     col = PointResult.point_index if order == "index" else PointResult.mislabel_rank
     q = select(*_POINT_COLUMNS).where(PointResult.job_id == job_id)
     if selected_only:
         q = q.where(PointResult.selected.is_(True))
     if suspected_only:
         q = q.where(PointResult.suspected_mislabel.is_(True))
+    return q.order_by(col)
+
+
+def point_rows(session: Session, *, job_id: str, order: str, after: int | None, limit: int,
+               selected_only: bool = False, suspected_only: bool = False) -> Sequence:
+    """One keyset page of ``point_rows_query``: the rows after key ``after``."""
+    col = PointResult.point_index if order == "index" else PointResult.mislabel_rank
+    q = point_rows_query(job_id=job_id, order=order, selected_only=selected_only,
+                         suspected_only=suspected_only)
     if after is not None:
         q = q.where(col > after)
     # Core execution: plain rows without the ORM's per-row result processing
-    return session.connection().execute(q.order_by(col).limit(limit)).all()
+    return session.connection().execute(q.limit(limit)).all()
+
+
+def method_points_query(*, job_id: str, method: str, selected_only: bool = False,
+                        ordered: bool = True) -> Select:
+    """One compared method's rows as ``list_method_points`` returns them (point_index,
+    point_id, score, rank, selected, given_label), in row order."""
+    q = (select(MethodPoint.point_index, PointResult.point_id, MethodPoint.score,
+                MethodPoint.rank, MethodPoint.selected, PointResult.given_label)
+         .join(PointResult, and_(PointResult.job_id == MethodPoint.job_id,
+                                 PointResult.point_index == MethodPoint.point_index))
+         .where(MethodPoint.job_id == job_id, MethodPoint.method == method))
+    if selected_only:
+        q = q.where(MethodPoint.selected.is_(True))
+    return q.order_by(MethodPoint.point_index) if ordered else q
+
+
+def curve_rows_query(*, job_id: str) -> Select:
+    """``job_curves`` as column rows (curve, step, fraction, n_points, value), in
+    ``list_curves``'s order."""
+    return (select(CurvePoint.curve, CurvePoint.step, CurvePoint.fraction, CurvePoint.n_points,
+                   CurvePoint.value).where(CurvePoint.job_id == job_id)
+            .order_by(CurvePoint.curve, CurvePoint.step))
 
 
 def curve_rows(session: Session, *, job_id: str, after: tuple[str, int] | None,
                limit: int) -> Sequence:
-    """One keyset batch of ``job_curves`` as column rows (curve, step, fraction, n_points,
-    value), in ``list_curves``'s order."""
-    q = select(CurvePoint.curve, CurvePoint.step, CurvePoint.fraction, CurvePoint.n_points,
-               CurvePoint.value).where(CurvePoint.job_id == job_id)
+    """One keyset page of ``curve_rows_query``: the rows after (curve, step) ``after``."""
+    q = curve_rows_query(job_id=job_id)
     if after is not None:
         curve, step = after
         q = q.where(or_(CurvePoint.curve > curve,
                         and_(CurvePoint.curve == curve, CurvePoint.step > step)))
-    return session.connection().execute(
-        q.order_by(CurvePoint.curve, CurvePoint.step).limit(limit)).all()
+    return session.connection().execute(q.limit(limit)).all()
 
 
-def class_counts(session: Session, *, job_id: str, top_k: int) -> dict[str, dict[str, int]]:
-    """Per given label: how many points the job has, how many it selected and how many rank in
-    its top ``top_k`` by value (aggregated in the database: a plot of a million-point job reads
-    a few rows)."""
-    label = PointResult.given_label
-    top = case((PointResult.rank <= top_k, 1), else_=0)
-    sel = case((PointResult.selected.is_(True), 1), else_=0)
-    rows = session.execute(select(label, func.count(), func.sum(sel), func.sum(top))
-                           .where(PointResult.job_id == job_id).group_by(label)).all()
-    return {"all": {r[0]: int(r[1]) for r in rows}, "selected": {r[0]: int(r[2]) for r in rows},
-            "top": {r[0]: int(r[3]) for r in rows}}
-
-
-def mislabel_profile(session: Session, *, job_id: str, max_points: int = 5000) -> tuple[
-        list[tuple[int, float | None, bool]], int]:
-    """(rank, score, suspected) for at most about ``max_points`` points evenly spread over the
-    mislabel ranks (every point when there are fewer), and the number of suspects."""
-    n, suspects = session.execute(
-        select(func.count(), func.sum(case((PointResult.suspected_mislabel.is_(True), 1),
-                                           else_=0)))
-        .where(PointResult.job_id == job_id)).one()
-    step = max(1, -(-int(n) // max_points))
-    q = (select(PointResult.mislabel_rank, PointResult.mislabel_score,
-                PointResult.suspected_mislabel)
-         .where(PointResult.job_id == job_id, (PointResult.mislabel_rank - 1) % step == 0)
-         .order_by(PointResult.mislabel_rank))
-    return [tuple(r) for r in session.execute(q).all()], int(suspects or 0)
-
-
-def point_indices_by_mislabel_rank(session: Session, *, job_id: str) -> list[int]:
-    """The job's point indices, most suspect first (one column, no ORM objects)."""
-    return list(session.scalars(select(PointResult.point_index)
-                                .where(PointResult.job_id == job_id)
-                                .order_by(PointResult.mislabel_rank)))
+def iter_rows(session: Session, statement: Select, *, batch: int) -> Iterator[Sequence]:
+    """The rows of ``statement`` in lists of at most ``batch``, read through a server-side
+    cursor (Postgres; SQLite's cursor steps through the result as it is read): one query, and
+    at most about one batch in memory at a time."""
+    conn = session.connection().execution_options(stream_results=True, max_row_buffer=batch)
+    yield from conn.execute(statement).partitions(batch)

@@ -160,17 +160,18 @@ def test_empty_listing_is_a_file_with_its_columns(client, settings):
 
 
 def test_downloads_read_bounded_batches(client, settings, small_batches, monkeypatch):
-    """The file is built from keyset batches of at most DOWNLOAD_BATCH rows, never one query
-    for every row."""
+    """A file is one query read in batches of at most DOWNLOAD_BATCH rows (one Parquet row
+    group each), never all its rows at once."""
     h, job_id = _finished_job(settings, n=N)
-    calls = []
-    real = repo.point_rows
+    sizes = []
+    real = repo.iter_rows
 
-    def spy(session, **kw):
-        calls.append((kw["after"], kw["limit"]))
-        return real(session, **kw)
+    def spy(session, statement, *, batch):
+        for part in real(session, statement, batch=batch):
+            sizes.append(len(part))
+            yield part
 
-    monkeypatch.setattr(repo, "point_rows", spy)
+    monkeypatch.setattr(repo, "iter_rows", spy)
     r = client.get(f"/v1/jobs/{job_id}/values", headers=h, params={"format": "parquet"})
     assert r.status_code == 200
     import pyarrow.parquet as pq
@@ -178,9 +179,7 @@ def test_downloads_read_bounded_batches(client, settings, small_batches, monkeyp
     pf = pq.ParquetFile(io.BytesIO(r.content))
     assert pf.metadata.num_rows == N
     assert pf.metadata.num_row_groups == math.ceil(N / BATCH)  # one row group per batch
-    assert [limit for _, limit in calls] == [BATCH] * math.ceil(N / BATCH)
-    assert [after for after, _ in calls] == [None] + [BATCH * k - 1
-                                                      for k in range(1, math.ceil(N / BATCH))]
+    assert sizes == [BATCH] * (N // BATCH) + [N % BATCH]
 
 
 # --- uploads parsed batch by batch ------------------------------------------------------------

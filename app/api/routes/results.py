@@ -1,8 +1,9 @@
 """/v1/jobs/{id}/subset, /values, /mislabels, /curves: JSON pages or whole CSV/Parquet files.
 
-Pages and files read the same keyset batches (``key > last key ORDER BY key LIMIT n``). A file
-is streamed: each batch of rows becomes CSV text or one Parquet row group and is sent before the
-next batch is read, so a download's memory does not grow with the number of rows.
+A JSON page is one keyset query (``key > last key ORDER BY key LIMIT n``). A file is one query
+read through a server-side cursor and streamed: each batch of rows becomes CSV text or one
+Parquet row group and is sent before the next batch is read, so a download's memory does not
+grow with the number of rows.
 """
 
 from __future__ import annotations
@@ -180,19 +181,13 @@ def _file(batches: Iterator[list[dict]], columns: list[str], fmt: str,
                                       f'attachment; filename="{name}.parquet"'})
 
 
-def _keyset_batches(sessionmaker, fetch: Callable, key: Callable,
-                    row: Callable) -> Iterator[list[dict]]:
-    """``fetch(session, after, limit)`` batch after batch, each in its own short session (no
-    transaction or connection is held while the client reads), until a short batch."""
-    after, size = None, DOWNLOAD_BATCH
-    while True:
-        with sessionmaker() as session:
-            rows = fetch(session, after, size)
-        if rows:
-            yield [row(r) for r in rows]
-            after = key(rows[-1])
-        if len(rows) < size:
-            return
+def _streamed_batches(sessionmaker, statement, row: Callable) -> Iterator[list[dict]]:
+    """The rows of ``statement`` as lists of at most DOWNLOAD_BATCH dicts, from one query read
+    through a server-side cursor in a session of its own (the request's is closed by the time
+    the body is sent); the cursor closes when the file is done or the client goes."""
+    with sessionmaker() as session:
+        for part in repo.iter_rows(session, statement, batch=DOWNLOAD_BATCH):
+            yield [row(r) for r in part]
 
 
 def _point_listing(request, session, settings, principal, job_id, *, kind, order, row, columns,
@@ -214,7 +209,14 @@ def _point_listing(request, session, settings, principal, job_id, *, kind, order
 
     if fmt != "json":
         name = f"{job.id}-{kind}" + (f"-{compared}" if compared else "")
-        return _file(_keyset_batches(request.app.state.sessionmaker, fetch, key, row),
+        if compared is not None:
+            statement = repo.method_points_query(job_id=ident, method=compared,
+                                                 selected_only=selected_only)
+        else:
+            statement = repo.point_rows_query(job_id=ident, order=order,
+                                              selected_only=selected_only,
+                                              suspected_only=suspected_only)
+        return _file(_streamed_batches(request.app.state.sessionmaker, statement, row),
                      columns, fmt, name)
     size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
     scope = f"{kind}:{job.id}:{principal.id}:{int(suspected_only)}:{compared or ''}"
@@ -280,10 +282,8 @@ def get_curves(job_id: str, request: Request, session: SessionDep, settings: Set
     columns = ["curve", "step", "fraction", "n_points", "value"]
     ident = job.id
     if format != "json":
-        batches = _keyset_batches(
-            request.app.state.sessionmaker,
-            lambda s, after, limit: repo.curve_rows(s, job_id=ident, after=after, limit=limit),
-            lambda c: (c.curve, c.step), _curve_row)
+        batches = _streamed_batches(request.app.state.sessionmaker,
+                                    repo.curve_rows_query(job_id=ident), _curve_row)
         return _file(batches, columns, format, f"{ident}-curves")
     size = clamp_page_size(page_size, settings.page_size_default, settings.page_size_max)
     scope = f"curves:{job.id}:{principal.id}"
