@@ -324,3 +324,39 @@ def iter_rows(session: Session, statement: Select, *, batch: int) -> Iterator[Se
     at most about one batch in memory at a time."""
     conn = session.connection().execution_options(stream_results=True, max_row_buffer=batch)
     yield from conn.execute(statement).partitions(batch)
+
+
+def class_counts(session: Session, *, job_id: str, top_k: int) -> dict[str, dict[str, int]]:
+    """Per given label: how many points the job has, how many it selected and how many rank in
+    its top ``top_k`` by value (aggregated in the database: a plot of a million-point job reads
+    a few rows)."""
+    label = PointResult.given_label
+    top = case((PointResult.rank <= top_k, 1), else_=0)
+    sel = case((PointResult.selected.is_(True), 1), else_=0)
+    rows = session.execute(select(label, func.count(), func.sum(sel), func.sum(top))
+                           .where(PointResult.job_id == job_id).group_by(label)).all()
+    return {"all": {r[0]: int(r[1]) for r in rows}, "selected": {r[0]: int(r[2]) for r in rows},
+            "top": {r[0]: int(r[3]) for r in rows}}
+
+
+def mislabel_profile(session: Session, *, job_id: str, max_points: int = 5000) -> tuple[
+        list[tuple[int, float | None, bool]], int]:
+    """(rank, score, suspected) for at most about ``max_points`` points evenly spread over the
+    mislabel ranks (every point when there are fewer), and the number of suspects."""
+    n, suspects = session.execute(
+        select(func.count(), func.sum(case((PointResult.suspected_mislabel.is_(True), 1),
+                                           else_=0)))
+        .where(PointResult.job_id == job_id)).one()
+    step = max(1, -(-int(n) // max_points))
+    q = (select(PointResult.mislabel_rank, PointResult.mislabel_score,
+                PointResult.suspected_mislabel)
+         .where(PointResult.job_id == job_id, (PointResult.mislabel_rank - 1) % step == 0)
+         .order_by(PointResult.mislabel_rank))
+    return [tuple(r) for r in session.execute(q).all()], int(suspects or 0)
+
+
+def point_indices_by_mislabel_rank(session: Session, *, job_id: str) -> list[int]:
+    """The job's point indices, most suspect first (one column, no ORM objects)."""
+    return list(session.scalars(select(PointResult.point_index)
+                                .where(PointResult.job_id == job_id)
+                                .order_by(PointResult.mislabel_rank)))
