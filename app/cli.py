@@ -88,7 +88,8 @@ def _dataset_options(p) -> None:
 
 
 def _job_options(p) -> None:
-    p.add_argument("--method", default="hostcp")
+    p.add_argument("--method", default=None,
+                   help="default: recommended (compare when --methods is given)")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="compare these methods in one job (method 'compare')")
     p.add_argument("--inject-flips", type=float, default=None, metavar="FRACTION",

@@ -87,7 +87,8 @@ class HostcpClient:
         return list(self._pages("/v1/datasets"))
 
     # --- jobs ---
-    def submit_job(self, train_dataset_id: str, test_dataset_id: str, *, method: str = "hostcp",
+    def submit_job(self, train_dataset_id: str, test_dataset_id: str, *,
+                   method: str | None = None,
                    fraction: float = 0.2, seed: int = 0, params: dict | None = None,
                    methods: list[str] | None = None, inject_flips: float | None = None,
                    evaluation: str | None = None, flag_precision: float | None = None,
@@ -96,8 +97,8 @@ class HostcpClient:
         several methods on the same splits; ``inject_flips`` flips that share of the training
         labels first (comparison jobs). ``evaluation``: "quick" (the service's default),
         "full" or "none"; ``flag_precision``: the mislabel report's precision target."""
-        if methods is not None and method == "hostcp":
-            method = "compare"
+        if method is None:  # the service's default, or a comparison when methods are given
+            method = "compare" if methods is not None else "recommended"
         body = {"train_dataset_id": train_dataset_id, "test_dataset_id": test_dataset_id,
                 "method": method, "fraction": fraction, "seed": seed, "params": params or {}}
         if methods is not None:

@@ -40,6 +40,16 @@ class Cost:
 # 1000-point table of benchmarks/valuer_times.py (results/valuer_times.md) and its --sizes
 # growth table (results/scale/valuer_growth.md).
 _INFO: dict[str, dict[str, Any]] = {
+    "recommended": dict(
+        purpose="subset",
+        summary="The default: candidate subsets (HOST-CP, each valuer's stratified top set, "
+                "the same restricted to the points Data-OOB trusts, coverage of HOST-CP's "
+                "embedding, random) scored on a validation part of the test set with the "
+                "learner you name; the best is returned, with every candidate's score.",
+        gpu=True,
+        cost=Cost("HOST-CP + Data-OOB + KNN-Shapley + n_seeds trainings of the learner per "
+                  "candidate: linear in n; 1.3–2.5× HOST-CP alone measured at 500 rows "
+                  "(docs/RESULTS.md)", 1.0, 500, 40.0, None)),
     "hostcp": dict(
         purpose="both",
         summary="HOST-CP (the paper): a learned embedding and a differentiable facility-location "
@@ -209,6 +219,10 @@ PARAM_DOCS: dict[str, dict[str, str]] = {
         "baseline": "REINFORCE baseline: 'fixed' or 'moving_average'.",
         "window": "Steps in the moving-average baseline.",
         "epsilon": "Clamp for log-probabilities.",
+    },
+    "recommended": {
+        "hostcp_params": "Parameters of the HOST-CP fit the candidates share (None: its defaults).",
+        "oob_params": "Parameters of the Data-OOB fit (detector and top set; None: defaults).",
     },
     # the rest of HOST-CP's parameters are documented in its docstring ("name: text" lines)
     "hostcp": {

@@ -180,8 +180,8 @@ def register(sub) -> None:
     p.add_argument("--test", required=True, help="test file or sample:test")
     p.add_argument("--label-column", default=None)
     p.add_argument("--id-column", default=None)
-    p.add_argument("--method", default="hostcp",
-                   help=f"one of: {', '.join(available_methods())}")
+    p.add_argument("--method", default="recommended",
+                   help=f"one of: {', '.join(available_methods())} (default: recommended)")
     p.add_argument("--fraction", type=float, default=0.2, help="γ, the subset fraction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--holdout", type=float, default=0.3,

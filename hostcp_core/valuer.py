@@ -53,6 +53,7 @@ class Valuer:
 
 # Method name -> "module:Class". Imported lazily so that listing methods stays cheap.
 METHODS: dict[str, str] = {
+    "recommended": "hostcp_core.recommended:RecommendedSelection",
     "hostcp": "hostcp_core.hostcp:HostCP",
     "random": "hostcp_core.valuers.random:RandomValuer",
     "knn_shapley": "hostcp_core.valuers.knn_shapley:KNNShapley",

@@ -38,8 +38,10 @@ class JobCreate(BaseModel):
 
     train_dataset_id: str
     test_dataset_id: str
-    method: str = Field("hostcp", description='a method name (see GET /v1/methods), or '
-                        '"compare" to run every method in `methods` on the same data')
+    method: str = Field("recommended", description='a method name (see GET /v1/methods; '
+                        'the default, "recommended", scores candidate subsets on part of the '
+                        'test set and returns the best), or "compare" to run every method in '
+                        '`methods` on the same data')
     fraction: float = Field(0.2, gt=0, le=1, description="size of the subset, as a fraction "
                             "of the training set, in (0, 1]")
     seed: int = Field(0, ge=0)

@@ -253,11 +253,38 @@ function showComparison(job) {
   }
 }
 
+function showCandidates(job) {
+  // a recommended job: every candidate subset's validation score, and why the winner won
+  const extra = (job.summary || {}).extra || {};
+  const rows = Array.isArray(extra.candidates) ? extra.candidates : null;
+  $("candidates").hidden = !rows;
+  const body = $("candidates-table").querySelector("tbody");
+  body.replaceChildren();
+  if (!rows) return;
+  $("candidates-learner").textContent = "(learner: " + extra.learner + ", " +
+    extra.n_validation_rows + " validation rows)";
+  $("candidates-why").textContent = extra.winner + ": " + extra.why;
+  for (const r of rows) {
+    const tr = document.createElement("tr");
+    tr.dataset.candidate = r.candidate;
+    cell(tr, r.candidate);
+    if (r.skipped) {
+      cell(tr, "skipped: " + r.skipped);
+    } else {
+      cell(tr, fmt(r.validation_accuracy_mean)); cell(tr, fmt(r.validation_accuracy_sd));
+      cell(tr, fmt(r.paired_se_vs_leader)); cell(tr, r.suspected_in_subset);
+      cell(tr, fmt(r.build_seconds, 1)); cell(tr, r.winner ? "✔" : "");
+    }
+    body.appendChild(tr);
+  }
+}
+
 async function showResults(job) {
   releaseBlobs();
   showSummary(job);
   showDownloads(job);
   showComparison(job);
+  showCandidates(job);
   const flips = !!(job.summary || {}).injected_flips;
   const confusion = !!((job.summary || {}).mislabels || {}).confusion;
   $("figure-confusion").hidden = !confusion;

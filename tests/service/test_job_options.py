@@ -12,8 +12,7 @@ import pytest
 from service_helpers import FAST_METHOD, assert_problem, upload, wait_for
 
 from app.cli import main as hostcp
-from hostcp_core import catalogue
-from hostcp_core.catalogue import max_train
+from hostcp_core.catalogue import catalogue, max_train
 
 pytestmark = pytest.mark.timeout(240)
 

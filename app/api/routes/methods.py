@@ -7,7 +7,8 @@ from fastapi import APIRouter
 
 from app.api.deps import PrincipalDep
 from app.api.schemas import MethodsList
-from hostcp_core import available_methods, catalogue
+from hostcp_core import available_methods
+from hostcp_core.catalogue import catalogue
 
 router = APIRouter(prefix="/v1/methods", tags=["methods"])
 
