@@ -48,8 +48,9 @@ _INFO: dict[str, dict[str, Any]] = {
                 "learner you name; the best is returned, with every candidate's score.",
         gpu=True,
         cost=Cost("HOST-CP + Data-OOB + KNN-Shapley + n_seeds trainings of the learner per "
-                  "candidate: linear in n; 1.3–2.5× HOST-CP alone measured at 500 rows "
-                  "(docs/RESULTS.md)", 1.0, 500, 40.0, None)),
+                  "candidate: linear in n; at 500 rows 1.6× HOST-CP alone on average (up to 3.2× "
+                  "at a 20% subset and 6× at 50%: the candidates' trainings grow with the "
+                  "subset; docs/RESULTS.md)", 1.0, 500, 40.0, None)),
     "hostcp": dict(
         purpose="both",
         summary="HOST-CP (the paper): a learned embedding and a differentiable facility-location "
