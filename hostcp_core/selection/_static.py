@@ -101,18 +101,10 @@ def _iterate(st: _State, Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tenso
              tol: float, eye: torch.Tensor, static: bool) -> _State:
     """One Newton iteration of every problem not yet converged (the others are kept)."""
     alpha, lam, p, g_a, g_l, q, res, mu, step, halvings = st
-    n = Dn.shape[-1]
     todo = ~(res <= tol)
-    active = (lam > 0) | (g_l > 0)
-    M = _freeze_lambda(_hessian(_masks(p, alpha, Do, eps, 0.0)), active)
-    # Levenberg-Marquardt ridge, shrinking with the residual (as newton_solve)
-    ridge = (mu * torch.clamp(res, max=1.0) * eps + 1e-12).view(-1, 1, 1)
-    rhs = torch.cat([g_a, torch.where(active, g_l, torch.zeros_like(g_l)).unsqueeze(-1)], -1)
-    L, info = torch.linalg.cholesky_ex(M + ridge * eye)
-    d = torch.cholesky_solve((eps * rhs).unsqueeze(-1), L).squeeze(-1)
-    d = torch.where((info == 0).unsqueeze(-1), d, eps * rhs)  # a gradient step where it fails
-    ca = alpha + step.unsqueeze(-1) * d[:, :n]
-    cl = torch.clamp(lam + step * d[:, n], min=0.0)
+    d_a, d_l = _direction(st, Dn, Do, eps, eye)
+    ca = alpha + step.unsqueeze(-1) * d_a
+    cl = torch.clamp(lam + step * d_l, min=0.0)
     cp = _primal_t(ca, cl, Dn, Do, eps, partial=not static)
     cga, cgl = _grad(cp, budget)
     cq = _dual_value(cp, ca, cl, Dn, Do, cga, cgl, eps)
@@ -147,6 +139,7 @@ def _direction(st: _State, Dn: torch.Tensor, Do: torch.Tensor, eps: float,
     n = Dn.shape[-1]
     active = (lam > 0) | (g_l > 0)
     M = _freeze_lambda(_hessian(_masks(p, alpha, Do, eps, 0.0)), active)
+    # Levenberg-Marquardt ridge, shrinking with the residual (as newton_solve)
     ridge = (mu * torch.clamp(res, max=1.0) * eps + 1e-12).view(-1, 1, 1)
     rhs = torch.cat([g_a, torch.where(active, g_l, torch.zeros_like(g_l)).unsqueeze(-1)], -1)
     L, info = torch.linalg.cholesky_ex(M + ridge * eye)
