@@ -1,7 +1,9 @@
 """The method catalogue: what each valuer is for, its parameters, whether it can use a GPU, what
 it costs and the largest training set it accepts by default.
 
-Parameters are read from each valuer's ``__init__`` (names, annotations, defaults), so the
+Parameters are read from each valuer's ``__init__`` (names, annotations, defaults) in its
+source, without importing it (the API serves this and validates jobs with it, and must not load
+torch to do so; tests/test_catalogue.py checks the reading against ``inspect``), so the
 catalogue cannot drift from the code; their one-line descriptions come from ``PARAM_DOCS``
 below or, failing that, from a ``name: text`` line of the class docstring (HOST-CP documents
 its parameters that way). Costs were measured on the 2-core development machine, one torch
@@ -12,8 +14,8 @@ JSON-serialisable: the API's ``GET /v1/methods`` and ``hostcp methods`` print it
 
 from __future__ import annotations
 
-import importlib
-import inspect
+import ast
+import importlib.util
 import math
 import re
 from dataclasses import asdict, dataclass
@@ -241,14 +243,36 @@ PARAM_DOCS: dict[str, dict[str, str]] = {
 }
 
 
-def _valuer_class(method: str):
+def _valuer_source(method: str) -> ast.ClassDef:
+    """The valuer's class as parsed from its module's source (the module is not imported)."""
     module, cls_name = METHODS[method].split(":")
-    return getattr(importlib.import_module(module), cls_name)
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(open(spec.origin, encoding="utf-8").read())
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls_name:
+            return node
+    raise LookupError(f"{METHODS[method]}: no class {cls_name} in {spec.origin}")
 
 
-def _docstring_line(cls, name: str) -> str | None:
+def _init_source(cls: ast.ClassDef) -> ast.FunctionDef:
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__":
+            return node
+    raise LookupError(f"{cls.name} defines no __init__ of its own")
+
+
+def _constant(node: ast.expr) -> Any:
+    """A default's value: a literal, or arithmetic on literals (``2 ** 22``)."""
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        if any(isinstance(n, ast.Name | ast.Attribute | ast.Call) for n in ast.walk(node)):
+            return ast.unparse(node)  # an expression of names: shown as written
+        return eval(compile(ast.Expression(node), "<default>", "eval"), {"__builtins__": {}})
+
+
+def _docstring_line(doc: str, name: str) -> str | None:
     """The first sentence of a ``name: text`` entry (with its indented continuation lines)."""
-    doc = inspect.getdoc(cls) or ""
     m = re.search(rf"^{re.escape(name)}: (.+(?:\n(?: {{2,}}).+)*)", doc, re.MULTILINE)
     if not m:
         return None
@@ -270,18 +294,22 @@ def _jsonable(v: Any) -> Any:
 
 def parameters(method: str) -> list[dict]:
     """name, type (the annotation as written), default and a one-line doc per parameter."""
-    cls = _valuer_class(method)
+    cls = _valuer_source(method)
+    args = _init_source(cls).args
+    positional = args.posonlyargs + args.args
+    # defaults align with the last positional arguments; keyword-only ones pair one to one
+    defaults = [None] * (len(positional) - len(args.defaults)) + list(args.defaults)
+    pairs = list(zip(positional, defaults, strict=True))[1:]  # without self
+    pairs += list(zip(args.kwonlyargs, args.kw_defaults, strict=True))
+    doc = ast.get_docstring(cls) or ""
     out = []
-    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
-        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            continue
-        ann = p.annotation
-        typ = ann if isinstance(ann, str) else getattr(ann, "__name__", repr(ann))
-        doc = (PARAM_DOCS.get(method, {}).get(p.name) or _COMMON_DOCS.get(p.name)
-               or _docstring_line(cls, p.name) or "")
-        out.append({"name": p.name, "type": typ,
-                    "default": None if p.default is p.empty else _jsonable(p.default),
-                    "required": p.default is p.empty, "doc": doc})
+    for arg, default in pairs:
+        text = (PARAM_DOCS.get(method, {}).get(arg.arg) or _COMMON_DOCS.get(arg.arg)
+                or _docstring_line(doc, arg.arg) or "")
+        out.append({"name": arg.arg,
+                    "type": None if arg.annotation is None else ast.unparse(arg.annotation),
+                    "default": None if default is None else _jsonable(_constant(default)),
+                    "required": default is None, "doc": text})
     return out
 
 

@@ -76,3 +76,16 @@ def test_check_feasible_other_refusals():
     with pytest.raises(ValueError, match="tmc_shapley accepts at most 2,000"):
         check_feasible("tmc_shapley", 3000, 100)
     check_feasible("tmc_shapley", 3000, 100, workers=4)  # limit × √4 with distributed parts
+
+
+def test_the_catalogue_is_read_without_importing_the_valuers():
+    # the API serves the catalogue and validates jobs with it: it must not load torch for that
+    import subprocess
+    import sys
+
+    code = ("import sys; from hostcp_core.catalogue import catalogue, check_feasible; "
+            "catalogue(); check_feasible('knn_shapley', 10, 10, {'k': 1}); "
+            "print(sorted(m for m in ('torch', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "[]"

@@ -102,3 +102,49 @@ def test_method_above_its_feasible_size_is_refused(client, api_key_headers, tmp_
     cmp_ = client.post("/v1/jobs", headers=api_key_headers,
                        json=_job(train, test, method="compare", methods=["random", method]))
     assert_problem(cmp_, 422, "too-large-for-method")
+
+
+API_WITHOUT_TORCH = """
+import sys
+from pathlib import Path
+from fastapi.testclient import TestClient
+from service_helpers import service_settings, upload
+from app.core.config import configure
+from app.db import repo
+from app.db.session import session_scope
+from app.main import create_app
+
+data = Path(sys.argv[1])
+settings = service_settings(data / "data", embedded_runner=False)
+configure(settings)
+with TestClient(create_app(settings)) as client:
+    with session_scope(settings) as s:
+        _, token = repo.create_api_key(s, name="me")
+    h = {"Authorization": f"Bearer {token}"}
+    train, test = (upload(client, h, data / f, id_column="row_id") for f in ("train.csv",
+                                                                           "test.csv"))
+    for method, params in (("hostcp", {"epochs": 2}), ("recommended", {"learner": "mlp"})):
+        r = client.post("/v1/jobs", headers=h, json={"train_dataset_id": train["id"],
+                        "test_dataset_id": test["id"], "method": method, "params": params})
+        assert r.status_code == 202, r.text
+    bad = client.post("/v1/jobs", headers=h, json={"train_dataset_id": train["id"],
+                      "test_dataset_id": test["id"], "params": {"no_such_knob": 1}})
+    assert bad.status_code == 422, bad.text
+    assert client.get("/v1/methods", headers=h).json()["catalogue"]
+print(sorted(m for m in ("torch", "sklearn") if m in sys.modules))
+"""
+
+
+def test_the_api_validates_and_lists_methods_without_loading_torch(tmp_path, csv_pair):
+    # torch alone is ~180 MB of the API's memory: submits and the catalogue must not load it
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert {p.parent for p in csv_pair} == {tmp_path}
+    here = Path(__file__).parent
+    out = subprocess.run([sys.executable, "-c", API_WITHOUT_TORCH, str(tmp_path)], cwd=here,
+                         env={"PYTHONPATH": f"{here}:{here.parents[1]}", "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

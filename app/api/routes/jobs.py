@@ -20,7 +20,7 @@ from app.core.problems import Problem
 from app.db import repo
 from app.db.models import DatasetRecord, Job, JobStatus
 from app.jobs import dispatch
-from app.jobs.methods import COMPARE, build_valuer, build_valuers
+from app.jobs.methods import COMPARE, check_valuer, check_valuers
 from hostcp_core import METHODS, check_feasible
 from hostcp_core.catalogue import max_train
 from hostcp_core.evaluation.depth import DEFAULT_DEPTH
@@ -88,10 +88,10 @@ def _validate(body: JobCreate, train_rec: DatasetRecord, test_rec: DatasetRecord
                           max_train=max_train(method), n_train=train_rec.n_rows) from None
     try:
         if body.method == COMPARE:
-            build_valuers(body.methods, fraction=body.fraction, seed=body.seed,
+            check_valuers(body.methods, fraction=body.fraction, seed=body.seed,
                           params=body.params)
         else:
-            build_valuer(body.method, fraction=body.fraction, seed=body.seed, params=body.params)
+            check_valuer(body.method, fraction=body.fraction, seed=body.seed, params=body.params)
     except ValueError as exc:
         raise Problem(problems.INVALID_PARAMETERS, str(exc)) from None
     n = train_rec.n_rows
