@@ -1,6 +1,7 @@
 """Inserting many rows without an ORM object (or a dict) per row: Postgres ``COPY`` in the
-session's transaction, batched ``executemany`` elsewhere (SQLite). Memory is bounded by one
-batch, whatever the number of rows."""
+session's transaction; on SQLite the driver's own ``executemany`` over row tuples (several
+times faster than SQLAlchemy's dict-per-row insert); SQLAlchemy's batched insert elsewhere.
+Memory is bounded by one batch, whatever the number of rows."""
 
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def insert_columns(session: Session, table: Table, columns: Mapping[str, Sequenc
                     copy.write_row(row)
         if n >= ANALYZE_FROM:
             conn.exec_driver_sql(f'ANALYZE "{table.name}"')
+        return n
+    if conn.dialect.name == "sqlite":
+        raw = conn.connection.driver_connection  # sqlite3, in this transaction
+        cols = ", ".join(f'"{c}"' for c in names)
+        sql = f'INSERT INTO "{table.name}" ({cols}) VALUES ({", ".join("?" * len(names))})'
+        for start in range(0, n, batch):
+            parts = [_as_list(columns[c], start, start + batch) for c in names]
+            raw.executemany(sql, zip(*parts, strict=True))
         return n
     stmt = insert(table)
     for start in range(0, n, batch):
