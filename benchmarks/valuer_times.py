@@ -26,6 +26,17 @@ from sklearn.metrics import roc_auc_score
 from hostcp_core import flip_labels, get_valuer, make_synthetic
 
 
+def _markdown(header: str, rows: list[list[str]]) -> str:
+    return "\n".join([header] + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _emit(text: str, out: str | None) -> None:
+    """Print the table, and write it to ``out`` when given."""
+    print("\n" + text)
+    if out:
+        with open(out, "w") as fh:
+            fh.write(text + "\n")
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000)
@@ -84,13 +95,10 @@ def main() -> None:
 
     header = ("| method | settings | time (s) | extrapolated to defaults | flip AUC |\n"
               "|---|---|---:|---|---:|")
-    table = "\n".join([header] + ["| " + " | ".join(r) + " |" for r in rows])
+    table = _markdown(header, rows)
     note = (f"\nn = {args.n} train, 1000 test, 50 features, 10% flipped labels; device "
             f"{args.device}, {args.threads} torch thread(s).")
-    print("\n" + table + note)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table + note + "\n")
+    _emit(table + note, args.out)
 
 
 def growth(args, sizes: list[int]) -> None:
@@ -118,13 +126,10 @@ def growth(args, sizes: list[int]) -> None:
         rows.append((method, setting, *[f"{s:.2f}" for s in secs], f"{slope:.2f}"))
     header = ("| method | settings | " + " | ".join(f"n={n} (s)" for n in sizes)
               + " | exponent |\n|---|---|" + "---:|" * (len(sizes) + 1))
-    table = "\n".join([header] + ["| " + " | ".join(r) + " |" for r in rows])
+    table = _markdown(header, rows)
     note = (f"\n1000 test points, 50 features, 10% flipped labels; device {args.device}, "
             f"{args.threads} torch thread(s); exponent = log(t_last/t_prev)/log(n_last/n_prev).")
-    print("\n" + table + note)
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(table + note + "\n")
+    _emit(table + note, args.out)
 
 
 if __name__ == "__main__":

@@ -135,9 +135,9 @@ def sqlite_world(tmp_path_factory) -> World:
     dispose_engines()
 
 
-@pytest.fixture(scope="module")
-def pg_server():
-    """A fresh Postgres database (skips without the server) and the roles made in it."""
+def _new_database():
+    """A new empty Postgres database (skips without the server): the admin engine and its
+    name; the caller drops it."""
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
     name = f"hostcp_rep_{uuid.uuid4().hex[:12]}"
     try:
@@ -145,6 +145,13 @@ def pg_server():
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
         pytest.skip(f"Postgres not reachable at {ADMIN_URL}: {type(exc).__name__}")
+    return admin, name
+
+
+@pytest.fixture(scope="module")
+def pg_server():
+    """A fresh Postgres database (skips without the server) and the roles made in it."""
+    admin, name = _new_database()
     roles: list[str] = []
     yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", roles
     dispose_engines()
@@ -402,13 +409,7 @@ def empty_settings(request, tmp_path) -> Settings:
         yield _settings(tmp_path)
         dispose_engines()
         return
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"hostcp_rep_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        pytest.skip(f"Postgres not reachable at {ADMIN_URL}: {type(exc).__name__}")
+    admin, name = _new_database()
     yield _settings(tmp_path, database_url=ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
     dispose_engines()
     with admin.connect() as conn:
