@@ -7,13 +7,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.metrics import roc_auc_score
 
 from hostcp_core import Cancelled
 from hostcp_core.data import make_dataset
 from hostcp_core.evaluation import REPORT_COLUMNS, mislabel_report
 from hostcp_core.evaluation.label_errors import (
+    FIT_PARTS,
     LabelErrorDetector,
+    _fit_in_parts,
     error_posterior,
     estimate_noise_matrix,
     flag_errors,
@@ -160,8 +163,9 @@ def test_progress_is_reported_and_can_cancel(flipped):
     _, noisy, _, _ = flipped
     events = []
     LabelErrorDetector(models=("logistic", "forest"), seed=0).fit(noisy, progress=events.append)
-    # 2 models x 5 folds, each one fit and one predicted chunk
-    assert [e.step for e in events] == list(range(21)) and events[-1].total == 20
+    # 2 models x 5 folds, each a fit in FIT_PARTS parts and one predicted chunk
+    total = 2 * 5 * (FIT_PARTS + 1)
+    assert [e.step for e in events] == list(range(total + 1)) and events[-1].total == total
     assert {e.stage for e in events} == {"mislabels"}
 
     def cancel(event):
@@ -170,6 +174,32 @@ def test_progress_is_reported_and_can_cancel(flipped):
 
     with pytest.raises(Cancelled):
         mislabel_report(noisy, seed=0, progress=cancel, models=("logistic", "forest"))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: RandomForestClassifier(n_estimators=30, random_state=0),
+    lambda: HistGradientBoostingClassifier(max_iter=20, early_stopping=False, random_state=0),
+])
+def test_a_fit_in_parts_equals_one_fit_and_stops_within_a_part(make):
+    noisy = flip_labels(blobs(), 0.1, seed=0)[0]
+    whole = make().fit(noisy.X, noisy.y)
+    parts = []
+    staged = make()
+    _fit_in_parts(staged, noisy.X, noisy.y, lambda: parts.append(1))
+    assert len(parts) == FIT_PARTS
+    np.testing.assert_array_equal(whole.predict_proba(noisy.X), staged.predict_proba(noisy.X))
+
+    def stop():  # a cancel after the first part: the model is not grown any further
+        raise Cancelled("stop")
+
+    stopped = make()
+    with pytest.raises(Cancelled):
+        _fit_in_parts(stopped, noisy.X, noisy.y, stop)
+
+    def size(model) -> int:  # trees grown, or boosting rounds
+        return len(model.estimators_) if hasattr(model, "estimators_") else model.n_iter_
+
+    assert 0 < size(stopped) <= size(whole) // FIT_PARTS + 1
 
 
 def test_isotonic_calibration_is_cross_fitted_and_calibrates():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 
 import numpy as np
 
@@ -61,6 +62,29 @@ def _make_model(name: str, seed: int, n_jobs: int, n_classes: int, n_features: i
                                                              early_stopping=False,
                                                              random_state=seed))
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(KNOWN_MODELS)}")
+
+
+# a forest or boosting grows in this many parts, so a cancel is seen within a part of one fit
+FIT_PARTS = 5
+_GROWN_BY = {"RandomForestClassifier": "n_estimators", "HistGradientBoostingClassifier": "max_iter"}
+
+
+def _fit_in_parts(clf, X: np.ndarray, y: np.ndarray, on_part) -> None:
+    """Fit ``clf``, calling ``on_part()`` FIT_PARTS times (it may raise to cancel). A forest or a
+    boosting grows by warm start, which gives the same model as one fit (same seed); any other
+    model is fitted at once and the parts reported after it."""
+    attr = _GROWN_BY.get(type(clf).__name__)
+    if attr is None:
+        clf.fit(X, y)
+        for _ in range(FIT_PARTS):
+            on_part()
+        return
+    size = clf.get_params()[attr]
+    clf.set_params(warm_start=True)
+    for part in range(1, FIT_PARTS + 1):
+        clf.set_params(**{attr: max(1, round(size * part / FIT_PARTS))})
+        clf.fit(X, y)
+        on_part()
 
 
 def _folds(y: np.ndarray, n_folds: int, seed: int):
@@ -104,11 +128,18 @@ def out_of_fold_probs(
     n_folds = _n_folds(n, n_folds, max_fit_rows)
     splits = _folds(y, n_folds, seed)
     rng = np.random.default_rng(seed)
-    # progress units: one per fit and one per predicted chunk, so a big fold still reports often
+    # progress units: FIT_PARTS per fit and one per predicted chunk, so a big fold still
+    # reports (and sees a cancel) every second or so
     chunks = [int(np.ceil(oof.size / predict_chunk)) for _, oof in splits]
-    total = len(models) * (len(splits) + sum(chunks))
+    total = len(models) * (FIT_PARTS * len(splits) + sum(chunks))
     out: dict[str, np.ndarray] = {}
     step = 0
+
+    def advance(message: str) -> None:
+        nonlocal step
+        step += 1
+        report(progress, "mislabels", step, total, message=message)
+
     report(progress, "mislabels", 0, total)
     with threadpool_limits(n_jobs):  # the boosting's OpenMP and BLAS follow n_jobs
         for name in models:
@@ -118,11 +149,13 @@ def out_of_fold_probs(
                     fit_idx = np.sort(rng.choice(fit_idx, max_fit_rows, replace=False))
                 present = np.unique(y[fit_idx])
                 clf = None
+                on_part = partial(advance, f"{name}: fit")
                 if present.size >= 2:
                     clf = _make_model(name, seed, n_jobs, K, train.n_features)
-                    clf.fit(X[fit_idx], y[fit_idx])
-                step += 1
-                report(progress, "mislabels", step, total, message=f"{name}: fit")
+                    _fit_in_parts(clf, X[fit_idx], y[fit_idx], on_part)
+                else:
+                    for _ in range(FIT_PARTS):
+                        on_part()
                 for part in np.array_split(oof_idx, n_chunks):
                     if clf is None:  # nothing to learn: the fold only ever saw one label
                         proba[part] = 0.0
@@ -131,8 +164,7 @@ def out_of_fold_probs(
                         p = np.zeros((part.size, K))
                         p[:, clf.classes_] = clf.predict_proba(X[part])  # absent classes: 0
                         proba[part] = p
-                    step += 1
-                    report(progress, "mislabels", step, total, message=f"{name}: predict")
+                    advance(f"{name}: predict")
             out[name] = proba
     return out
 
