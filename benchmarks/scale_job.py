@@ -16,9 +16,11 @@ the job while polling its status, and downloads every result. It prints one row 
   (``/proc/<pid>/clear_refs`` = 5) at the start of each phase;
 * the longest time the job's (stage, progress) stayed unchanged while polling (``--poll``).
 
-With ``--cancel``, it also submits one job per stage (loading, valuing, mislabels, curves) at
-each of ``--cancel-rows`` and cancels it as soon as the job is seen in that stage, printing the
-seconds from the cancel request to the job's terminal state.
+With ``--cancel``, it also submits one job per stage (loading, valuing, mislabels, curves,
+saving) at each of ``--cancel-rows`` and cancels it as soon as the job is seen in that stage,
+printing the seconds from the cancel request to the job's terminal state and that state (on
+SQLite a cancel sent while the results are saved waits for the save and finds the job
+succeeded; on Postgres it abandons the save).
 
 Examples:
     python benchmarks/scale_job.py --rows 100000 --methods knn_shapley --modes embedded
@@ -56,7 +58,7 @@ ADMIN_URL = os.environ.get("HOSTCP_TEST_POSTGRES_URL",
                            "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HOSTCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 TERMINAL = ("succeeded", "failed", "canceled", "timed_out")
-CANCEL_STAGES = ("loading", "valuing", "mislabels", "curves")
+CANCEL_STAGES = ("loading", "valuing", "mislabels", "curves", "saving")
 
 # one row per case, in this order (the smoke test checks that every column is printed)
 COLUMNS = ["mode", "rows", "method", "status", "up_csv_s", "up_parquet_s", "up_test_s",

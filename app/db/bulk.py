@@ -5,7 +5,7 @@ Memory is bounded by one batch, whatever the number of rows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from sqlalchemy import Table, insert
@@ -23,10 +23,12 @@ def _as_list(column, start: int, stop: int) -> list:
 
 
 def insert_columns(session: Session, table: Table, columns: Mapping[str, Sequence | np.ndarray],
-                   *, batch: int = BATCH) -> int:
+                   *, batch: int = BATCH,
+                   on_batch: Callable[[int, int], None] | None = None) -> int:
     """Insert the rows given column-wise (every column the same length; a scalar-free
     mapping of name -> values) into ``table`` inside ``session``'s transaction; returns the
-    number of rows."""
+    number of rows. ``on_batch(rows_done, rows)`` is called after every batch; it may raise to
+    abandon the insert (the caller's transaction then rolls back)."""
     names = list(columns)
     lengths = {len(columns[c]) for c in names}
     if len(lengths) != 1:
@@ -41,6 +43,8 @@ def insert_columns(session: Session, table: Table, columns: Mapping[str, Sequenc
                 parts = [_as_list(columns[c], start, start + batch) for c in names]
                 for row in zip(*parts, strict=True):
                     copy.write_row(row)
+                if on_batch is not None:
+                    on_batch(min(start + batch, n), n)
         if n >= ANALYZE_FROM:
             conn.exec_driver_sql(f'ANALYZE "{table.name}"')
         return n
@@ -51,10 +55,14 @@ def insert_columns(session: Session, table: Table, columns: Mapping[str, Sequenc
         for start in range(0, n, batch):
             parts = [_as_list(columns[c], start, start + batch) for c in names]
             raw.executemany(sql, zip(*parts, strict=True))
+            if on_batch is not None:
+                on_batch(min(start + batch, n), n)
         return n
     stmt = insert(table)
     for start in range(0, n, batch):
         parts = [_as_list(columns[c], start, start + batch) for c in names]
         conn.execute(stmt, [dict(zip(names, row, strict=True)) for row in zip(*parts,
                                                                               strict=True)])
+        if on_batch is not None:
+            on_batch(min(start + batch, n), n)
     return n

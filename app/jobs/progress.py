@@ -66,6 +66,13 @@ class JobReporter:
             self.message = event.message[:500]
         self.check()
 
+    def rows_saved(self, done: int, total: int) -> None:
+        """Progress of the saving phase, per batch of rows written; raises on a cancel."""
+        lo, hi = self.PHASES["saving"]
+        self.stage, self.message = "saving", f"{done} of {total} rows written"
+        self.progress = max(self.progress, lo + (hi - lo) * done / max(total, 1))
+        self.check()
+
     def check(self) -> None:
         from hostcp_core import Cancelled
 

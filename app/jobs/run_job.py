@@ -70,7 +70,7 @@ def _run_job(job_id: str, settings: Settings, worker_id: str,
             outcome = _execute(job_id, settings, reporter)
             reporter.phase("saving")
             return _persist_retrying(job_id, worker_id, settings, outcome,
-                                     time.perf_counter() - t0)
+                                     time.perf_counter() - t0, on_rows=reporter.rows_saved)
     except Cancelled as exc:
         if reporter.lease_lost:
             return SKIPPED
@@ -264,12 +264,27 @@ def _point_columns(job_id: str, outcome: _Outcome) -> dict[str, np.ndarray | lis
 
 
 def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
-             total_s: float) -> str:
-    """All results and the final state in ONE transaction, only while we hold the lease."""
+             total_s: float, on_rows: Callable[[int, int], None] | None = None) -> str:
+    """All results and the final state in ONE transaction, only while we hold the lease.
+
+    The rows go in first and the job's row is updated last, so the job's row is not locked
+    while a million rows are written: a cancel (or a heartbeat) gets through meanwhile, and
+    ``on_rows`` (called per batch) can abandon the save when it sees one. On SQLite the file's
+    write lock is held throughout, so there a cancel waits for the save and finds the job
+    finished."""
     points = _point_columns(job_id, outcome)
     expected_errors = outcome.report.attrs.get("expected_errors")
-    now = utcnow()
     with session_scope(settings) as s:
+        # replace, never append: a rerun leaves exactly one set of rows
+        s.execute(delete(PointResult).where(PointResult.job_id == job_id))
+        s.execute(delete(CurvePoint).where(CurvePoint.job_id == job_id))
+        s.execute(delete(MethodPoint).where(MethodPoint.job_id == job_id))
+        insert_columns(s, PointResult.__table__, points, on_batch=on_rows)
+        if outcome.curves:
+            s.execute(insert(CurvePoint), [{"job_id": job_id, **c} for c in outcome.curves])
+        if outcome.method_points:  # comparison jobs: every method's values
+            s.execute(insert(MethodPoint), outcome.method_points)
+        now = utcnow()
         res = s.execute(
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == worker_id,
@@ -287,27 +302,18 @@ def _persist(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
                            problems.problem_dict(problems.JOB_CANCELED, "cancel requested"))
                 return JobStatus.CANCELED
             return SKIPPED  # lease lost: the other run owns the job now
-        # replace, never append: a rerun leaves exactly one set of rows
-        s.execute(delete(PointResult).where(PointResult.job_id == job_id))
-        s.execute(delete(CurvePoint).where(CurvePoint.job_id == job_id))
-        s.execute(delete(MethodPoint).where(MethodPoint.job_id == job_id))
-        insert_columns(s, PointResult.__table__, points)
-        if outcome.curves:
-            s.execute(insert(CurvePoint), [{"job_id": job_id, **c} for c in outcome.curves])
-        if outcome.method_points:  # comparison jobs: every method's values
-            s.execute(insert(MethodPoint), outcome.method_points)
     return JobStatus.SUCCEEDED
 
 
 def _persist_retrying(job_id: str, worker_id: str, settings: Settings, outcome: _Outcome,
-                      total_s: float) -> str:
+                      total_s: float, on_rows: Callable[[int, int], None] | None = None) -> str:
     """``_persist``, retried while the database is unreachable (a restart, a failover), so that
     a finished computation is not thrown away. Bounded; safe because the write only happens
     while this worker still holds the lease."""
     delay, deadline = 0.25, time.monotonic() + PERSIST_RETRY_S
     while True:
         try:
-            return _persist(job_id, worker_id, settings, outcome, total_s)
+            return _persist(job_id, worker_id, settings, outcome, total_s, on_rows)
         except OperationalError:
             if time.monotonic() + delay > deadline:
                 raise

@@ -15,41 +15,17 @@ import uuid
 import pandas as pd
 import pytest
 from service_helpers import FAST_METHOD, service_settings, upload, wait_for
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import func, select, text
 
 from app.client import HostcpClient
 from app.core.config import configure
 from app.db.migrate import upgrade
 from app.db.models import PointResult
-from app.db.session import dispose_engines, session_scope
+from app.db.session import session_scope
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
 
-ADMIN_URL = os.environ.get("HOSTCP_TEST_POSTGRES_URL",
-                           "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HOSTCP_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _admin_engine():
-    return create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-
-
-@pytest.fixture
-def pg_database():
-    name = f"hostcp_test_{uuid.uuid4().hex[:12]}"
-    engine = _admin_engine()
-    try:
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:
-        pytest.skip(f"Postgres not reachable at {ADMIN_URL}: {type(exc).__name__}")
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    dispose_engines()
-    with engine.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    engine.dispose()
-
 
 @pytest.fixture
 def redis_url():

@@ -24,6 +24,10 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def job_id(settings) -> str:
+    return _make_job(settings)
+
+
+def _make_job(settings) -> str:
     from hostcp_core import make_synthetic
 
     upgrade(settings)
@@ -171,3 +175,61 @@ def test_reaper_finds_lost_and_stale_jobs(settings, job_id):
     _set(settings, job_id, status="running", lease_expires_at=utcnow() - timedelta(seconds=1))
     with session_scope(settings) as s:
         assert [j for j, _ in repo.jobs_to_requeue(s, requeue_after_s=60)] == [job_id]
+
+
+def _insert_in_small_batches(monkeypatch, on_first_batch):
+    """Make the saving stage write job_points 10 rows a batch, running ``on_first_batch()``
+    once the first batch is written (inside the saving transaction)."""
+    real = run_job_module.insert_columns
+    done = []
+
+    def insert(session, table, columns, *, on_batch=None, **kw):
+        def hook(rows, total):
+            if not done:
+                done.append(on_first_batch())
+            if on_batch is not None:
+                on_batch(rows, total)
+        return real(session, table, columns, batch=10, on_batch=hook)
+
+    monkeypatch.setattr(run_job_module, "insert_columns", insert)
+    return done
+
+
+def test_saving_reports_progress_per_batch_of_rows(settings, job_id, monkeypatch):
+    seen = []
+    real = run_job_module.JobReporter.rows_saved
+
+    def rows_saved(self, done, total):
+        seen.append((done, total, self.stage))
+        real(self, done, total)
+
+    monkeypatch.setattr(run_job_module.JobReporter, "rows_saved", rows_saved)
+    _insert_in_small_batches(monkeypatch, lambda: None)
+    assert run_job(job_id, settings=settings) == "succeeded"
+    assert seen == [(r, 60, "saving") for r in (10, 20, 30, 40, 50, 60)]
+    assert _n_points(settings, job_id) == 60
+
+
+@pytest.mark.postgres
+def test_cancel_while_saving_on_postgres(tmp_path, pg_database, monkeypatch):
+    """The rows go in before the job's row is touched: a cancel sent while they are written is
+    recorded at once (nothing waits on a lock) and abandons the save; no row is left."""
+    from service_helpers import service_settings
+
+    settings = service_settings(tmp_path / "data", database_url=pg_database,
+                                progress_interval_s=0.05)
+    job = _make_job(settings)
+    waited = []
+
+    def cancel_and_wait_for_it():
+        t0 = time.monotonic()
+        with session_scope(settings) as s:
+            repo.request_cancel(s, job=s.get(Job, job))
+        waited.append(time.monotonic() - t0)
+        time.sleep(0.5)  # several heartbeats: the worker reads the flag meanwhile
+
+    _insert_in_small_batches(monkeypatch, cancel_and_wait_for_it)
+    assert run_job(job, settings=settings) == "canceled"
+    assert waited and waited[0] < 2.0  # the cancel request did not wait for the save
+    assert _job(settings, job).status == "canceled"
+    assert _n_points(settings, job) == 0
