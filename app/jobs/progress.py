@@ -98,12 +98,17 @@ class JobReporter:
     def _beat_loop(self) -> None:
         interval = max(0.05, min(self.settings.progress_interval_s, self.settings.lease_s / 3))
         while not self._stop.wait(interval):
-            try:
-                self.beat()
-            except Exception as exc:  # a failed heartbeat must not kill the job; the next retries
-                # an unreachable database is expected during a restart: one line, no traceback
-                log.warning("heartbeat for job %s failed: %s", self.job_id, type(exc).__name__,
-                            exc_info=not isinstance(exc, OperationalError))
+            self.beat_now()
+
+    def beat_now(self) -> None:
+        """One heartbeat now (the saving phase calls it: on SQLite no heartbeat can commit
+        while the results are written, so the stage must be out before)."""
+        try:
+            self.beat()
+        except Exception as exc:  # a failed heartbeat must not kill the job; the next retries
+            # an unreachable database is expected during a restart: one line, no traceback
+            log.warning("heartbeat for job %s failed: %s", self.job_id, type(exc).__name__,
+                        exc_info=not isinstance(exc, OperationalError))
 
     def beat(self) -> None:
         now = utcnow()

@@ -69,6 +69,8 @@ def _run_job(job_id: str, settings: Settings, worker_id: str,
         with reporter:
             outcome = _execute(job_id, settings, reporter)
             reporter.phase("saving")
+            reporter.beat_now()  # clients see "saving" (and a cancel is read) before the write
+            reporter.check()
             return _persist_retrying(job_id, worker_id, settings, outcome,
                                      time.perf_counter() - t0, on_rows=reporter.rows_saved)
     except Cancelled as exc:

@@ -204,9 +204,11 @@ def test_saving_reports_progress_per_batch_of_rows(settings, job_id, monkeypatch
         real(self, done, total)
 
     monkeypatch.setattr(run_job_module.JobReporter, "rows_saved", rows_saved)
-    _insert_in_small_batches(monkeypatch, lambda: None)
+    # what a client polling the job reads while the rows are written
+    stage_read = _insert_in_small_batches(monkeypatch, lambda: _job(settings, job_id).stage)
     assert run_job(job_id, settings=settings) == "succeeded"
     assert seen == [(r, 60, "saving") for r in (10, 20, 30, 40, 50, 60)]
+    assert stage_read == ["saving"]
     assert _n_points(settings, job_id) == 60
 
 
