@@ -39,6 +39,7 @@ from hostcp_core.recommended import (  # noqa: E402
     RecommendedSelection,
     choose_winner,
     score_candidates,
+    tie_counts,
     train_predict,
 )
 from hostcp_core.result import subset_size  # noqa: E402
@@ -81,8 +82,8 @@ def run_one(args, dataset: str, seed: int, condition: str, fraction: float,
     t0 = time.perf_counter()
     cands, shared = rec.build_candidates(train, selection)
     t_build = time.perf_counter() - t0
-    suspect = shared["suspect"]
-    sus = {c: int(suspect[cands[c].selected].sum()) for c in cands}
+    suspect, trusted = shared["suspect"], shared["trusted"]
+    ties, what = tie_counts(cands, shared)
     key = {"dataset": dataset, "seed": seed, "condition": condition, "fraction": fraction}
     flip_mask = np.zeros(train.n, dtype=bool)
     flip_mask[flipped] = True
@@ -90,8 +91,9 @@ def run_one(args, dataset: str, seed: int, condition: str, fraction: float,
     for learner in args.learners:
         t0 = time.perf_counter()
         scores = score_candidates(cands, train, validation, k, learner=learner,
-                                  n_seeds=args.n_seeds, epochs=args.select_epochs, seed=seed)
-        winner, se, why = choose_winner(scores, sus, list(cands))
+                                  n_seeds=args.n_seeds, epochs=args.select_epochs, seed=seed,
+                                  max_points=rec.max_points(train.n))
+        winner, se, why = choose_winner(scores, ties, list(cands), what=what)
         t_score = time.perf_counter() - t0
         eval_seeds = [1000 + seed + r for r in range(1 if learner == "logreg" else args.repeats)]
         hold_acc = {c: holdout_accuracy(learner, train, cands[c].order[:k], hold, eval_seeds,
@@ -109,7 +111,10 @@ def run_one(args, dataset: str, seed: int, condition: str, fraction: float,
                         "score_seconds": t_score, "hostcp_seconds": hostcp_s,
                         "shared_seconds": json.dumps({p: round(t, 2) for p, t in
                                                       shared["seconds"].items()}),
-                        "n_suspected": int(suspect.sum()),
+                        "n_suspected": int(suspect.sum()), "n_trusted": int(trusted.sum()),
+                        "trusted_flip_share": float(flip_mask[trusted].mean()),
+                        "expected_error_rate": shared.get("expected_error_rate", np.nan),
+                        "tie_counts": json.dumps(ties),
                         "suspected_flip_precision": float(flip_mask[suspect].mean())
                         if suspect.any() else float("nan"),
                         "validation": json.dumps({c: round(scores[c]["mean"], 4)
@@ -389,6 +394,9 @@ def main(argv=None) -> None:
             detector_check(args)
         return
     if not args.report_only:
+        import scipy.linalg  # noqa: F401  (loaded before the limit, or it keeps 2 threads)
+        import sklearn.ensemble  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
         from threadpoolctl import threadpool_limits
 
         t0 = time.perf_counter()

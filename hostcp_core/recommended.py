@@ -17,14 +17,27 @@ Candidates (all class-stratified: every class in proportion to its share of the 
 - ``trusted_coverage``: the same coverage, over and from the trusted points only (both);
 - ``trusted_hostcp``: HOST-CP's values, top per class among the trusted points.
 
-The detector is Data-OOB (out-of-bag agreement with the given label): a point is suspected when
+Two detectors. Data-OOB (out-of-bag agreement with the given label): a point is suspected when
 its value falls in the low cluster of an exact 1-D 2-means split of the values (so the cut adapts
-to how hard the data are), and each class keeps at least its quota of trusted points.
+to how hard the data are), and each class keeps at least its quota of trusted points. The
+calibrated label-error detector (``LabelErrorDetector``, forest + logistic regression; few flags
+on clean data): its flags (P(label wrong) >= 0.5) are suspected too, and its probabilities
+estimate the label-error rate of the whole set and of the trusted pool. While the pool's
+estimate is above a third of the whole set's (clipped to [0.005, 0.02]), the trusted points with
+the lowest Data-OOB values leave the pool (each class keeps at least 1.5 times its quota).
 
 Winner rule: the highest mean validation accuracy; every candidate within one paired standard
 error of it (per validation point, correctness averaged over the training seeds, difference to
-the leader) counts as tied, and a tie goes to the candidate with the fewest suspected points in
-its subset, then to the cheaper one (``CANDIDATES`` order is by cost).
+the leader) counts as tied, and a tie goes to the candidate with the fewest expected label errors
+in its subset (the detector's probabilities summed, to the nearest whole point: on data it finds
+clean every candidate has 0, so the cheapest tied one wins, random first), then to the cheaper
+one (``CANDIDATES`` order is by cost). Without the calibrated detector the tie-break counts
+Data-OOB's suspects instead.
+
+Budget: each candidate's subset trains the learner ``n_seeds`` times (once for a deterministic
+learner), but all of a candidate's trainings together see at most ``max_training_share`` · n
+points (so fewer trainings at large γ: at 0.6 and 3 seeds, 3 up to γ = 20%, 1 from γ = 30%).
+Candidates whose subsets are identical are trained once.
 """
 
 from __future__ import annotations
@@ -47,14 +60,17 @@ LEARNERS: tuple[str, ...] = ("logreg", "mlp", "gbt")
 # What each candidate needs computed first (shared between candidates, timed once).
 _NEEDS: dict[str, tuple[str, ...]] = {
     "random": (), "top_knn_shapley": ("knn_shapley",), "top_data_oob": ("data_oob",),
-    "trusted_random": ("data_oob",), "coverage": ("hostcp",),
-    "trusted_coverage": ("hostcp", "data_oob"), "hostcp": ("hostcp",),
-    "trusted_hostcp": ("hostcp", "data_oob"),
+    "trusted_random": ("data_oob", "label_errors"), "coverage": ("hostcp",),
+    "trusted_coverage": ("hostcp", "data_oob", "label_errors"), "hostcp": ("hostcp",),
+    "trusted_hostcp": ("hostcp", "data_oob", "label_errors"),
 }
 # Greedy facility location costs O(quota · class size²) (a class of 2000 at γ = 0.2: ~1.6e9
 # multiply-adds, seconds): above this many points in a class the coverage candidates are
 # skipped (stated in the candidate table), not approximated.
 COVERAGE_MAX_CLASS = 2000
+# The calibrated detector's models: forest + logistic regression (measured at 500 rows, seed 7:
+# the same clean/flipped separation as with boosting added, at a third to a half of the time).
+LABEL_ERROR_MODELS: tuple[str, ...] = ("forest", "logistic")
 
 
 @dataclass
@@ -119,6 +135,35 @@ def suspects_from_values(values: np.ndarray, y: np.ndarray, k: int, n_classes: i
             sus = rows[suspect[rows]]
             suspect[sus[np.argsort(-v[sus], kind="stable")[: t - len(trusted)]]] = False
     return suspect
+
+
+def pool_target(error_prob: np.ndarray) -> float:
+    """The trusted pool's goal for its expected label-error rate: a third of the whole set's
+    estimate, clipped to [0.005, 0.02]."""
+    return float(np.clip(np.mean(error_prob) / 3.0, 0.005, 0.02)) if len(error_prob) else 0.0
+
+
+def tighten_pool(trusted: np.ndarray, rank: np.ndarray, error_prob: np.ndarray, y: np.ndarray,
+                 k: int, n_classes: int, keep_factor: float = 1.5) -> np.ndarray:
+    """Drop trusted points, lowest ``rank`` first, while the mean of ``error_prob`` over the
+    trusted pool is above ``pool_target``; a class never goes below ⌈keep_factor · quota⌉
+    trusted points (nor below what it has)."""
+    pool = np.asarray(trusted, dtype=bool).copy()
+    p = np.asarray(error_prob, dtype=np.float64)
+    target = pool_target(p)
+    counts = np.bincount(y[pool], minlength=n_classes)
+    floor_c = np.minimum(counts, np.ceil(keep_factor * class_quotas(y, k, n_classes)).astype(int))
+    total, m = float(p[pool].sum()), int(pool.sum())
+    for i in np.lexsort((np.arange(len(y)), rank)):
+        if m == 0 or total / m <= target:
+            break
+        if not pool[i] or counts[y[i]] <= floor_c[y[i]]:
+            continue
+        pool[i] = False
+        total -= p[i]
+        m -= 1
+        counts[y[i]] -= 1
+    return pool
 
 
 def facility_location_order(h: np.ndarray, y: np.ndarray, k: int, n_classes: int,
@@ -229,18 +274,36 @@ def learner_is_deterministic(learner: str) -> bool:
 
 # ---------------------------------------------------------------- scoring and the rule
 
+def scoring_runs(learner: str, n_seeds: int, k: int, max_points: int | None = None) -> int:
+    """Trainings per candidate: ``n_seeds`` (one for a deterministic learner), but no more than
+    ``max_points`` training points in all (at least one training)."""
+    runs = 1 if learner_is_deterministic(learner) else n_seeds
+    if max_points is not None and k > 0:
+        runs = min(runs, max(1, max_points // k))
+    return runs
+
+
 def score_candidates(cands: dict[str, Candidate], train: Dataset, val: Dataset, k: int, *,
                      learner: str, n_seeds: int, epochs: int, seed: int,
+                     max_points: int | None = None,
                      progress: ProgressCallback | None = None) -> dict[str, dict]:
     """Validation accuracy of each candidate's subset (first k of its order): the learner
-    trained ``n_seeds`` times (seeds seed·1000 + s; once for a deterministic learner). Returns
-    per candidate the accuracies, their mean and sd, the per-point correctness averaged over
-    seeds (for the paired rule) and the seconds spent."""
-    out = {}
-    runs = 1 if learner_is_deterministic(learner) else n_seeds
+    trained ``scoring_runs`` times (seeds seed·1000 + s). A candidate whose subset equals an
+    earlier one's reuses its trainings (``same_as``). Returns per candidate the accuracies,
+    their mean and sd, the per-point correctness averaged over seeds (for the paired rule) and
+    the seconds spent."""
+    out: dict[str, dict] = {}
+    runs = scoring_runs(learner, n_seeds, k, max_points)
+    seen: dict[bytes, str] = {}
     total, done, last = len(cands) * runs, 0, time.monotonic()
     for name, cand in cands.items():
         idx = cand.order[:k]
+        key = np.sort(idx).astype(np.int64).tobytes()
+        if key in seen:   # the same subset: the same trainings (same seeds), not run again
+            out[name] = {**out[seen[key]], "seconds": 0.0, "same_as": seen[key]}
+            done += runs
+            continue
+        seen[key] = name
         t0 = time.perf_counter()
         correct = np.zeros(val.n)
         accs = []
@@ -268,9 +331,11 @@ def score_candidates(cands: dict[str, Candidate], train: Dataset, val: Dataset, 
 
 
 def choose_winner(scores: dict[str, dict], suspect_counts: dict[str, int],
-                  order: Sequence[str]) -> tuple[str, dict[str, float], str]:
-    """The rule (module docstring). Returns the winner, each candidate's paired standard error
-    against the leader, and the reason in words."""
+                  order: Sequence[str], what: str = "suspected points"
+                  ) -> tuple[str, dict[str, float], str]:
+    """The rule (module docstring). ``suspect_counts`` is the tie-break (fewest first: expected
+    label errors or suspected points in each subset, named by ``what``). Returns the winner,
+    each candidate's paired standard error against the leader, and the reason in words."""
     names = [n for n in order if n in scores]
     leader = max(names, key=lambda n: (scores[n]["mean"], -names.index(n)))
     lead = scores[leader]["per_point"]
@@ -288,14 +353,26 @@ def choose_winner(scores: dict[str, dict], suspect_counts: dict[str, int],
     elif winner == leader:
         why = (f"highest mean validation accuracy ({scores[leader]['mean']:.4f}); tied within "
                f"one paired standard error with {', '.join(t for t in tied if t != leader)}, "
-               f"and it has the fewest suspected points ({suspect_counts.get(winner, 0)}), "
+               f"and it has the fewest {what} ({suspect_counts.get(winner, 0)}), "
                "then the lowest cost")
     else:
         why = (f"within one paired standard error ({se[winner]:.4f}) of the leader {leader} "
                f"({scores[leader]['mean']:.4f} vs {scores[winner]['mean']:.4f}); among the "
-               f"tied ({', '.join(tied)}) it has the fewest suspected points "
+               f"tied ({', '.join(tied)}) it has the fewest {what} "
                f"({suspect_counts.get(winner, 0)}), then the lowest cost")
     return winner, se, why
+
+
+def tie_counts(cands: dict[str, Candidate], shared: dict) -> tuple[dict[str, int], str]:
+    """The tie-break of each candidate (fewest first) and its name: the expected label errors in
+    its subset (the calibrated detector's P(label wrong) summed, to the nearest whole point), or
+    without that detector the number of suspected points."""
+    p = shared.get("label_error_prob")
+    if p is not None:
+        return ({c: int(round(float(p[cands[c].selected].sum()))) for c in cands},
+                "expected label errors")
+    suspect = shared["suspect"]
+    return {c: int(suspect[cands[c].selected].sum()) for c in cands}, "suspected points"
 
 
 def ranking_values(order: np.ndarray) -> np.ndarray:
@@ -339,7 +416,12 @@ class RecommendedSelection(Valuer):
         candidate sees it.
     n_seeds: trainings of the learner per candidate (one for a deterministic learner).
     epochs: MLP epochs per training (the budget per candidate: ``n_seeds`` trainings on
-        ⌈γn⌉ points).
+        ⌈γn⌉ points, at most ``max_training_share`` · n points in all).
+    max_training_share: all of one candidate's scoring trainings together see at most this
+        many times n training points (None: no cap). At 0.6, 3 trainings up to γ = 20% and one
+        from γ = 30%: the scoring grows with γ while HOST-CP's cost does not.
+    label_errors: also run the calibrated label-error detector (its flags join the suspects,
+        it tightens the trusted pool and its expected errors break ties; module docstring).
     hostcp_params, oob_params: passed to HostCP and DataOOB (e.g. fewer epochs in tests).
     device: for HOST-CP (``"auto"``).
     n_jobs: threads for Data-OOB's trees.
@@ -353,7 +435,8 @@ class RecommendedSelection(Valuer):
 
     def __init__(self, fraction: float = 0.2, seed: int = 0, learner: str = "mlp",
                  candidates: Sequence[str] | None = None, validation_fraction: float = 0.5,
-                 n_seeds: int = 3, epochs: int = 30, hostcp_params: dict | None = None,
+                 n_seeds: int = 3, epochs: int = 30, max_training_share: float | None = 0.6,
+                 label_errors: bool = True, hostcp_params: dict | None = None,
                  oob_params: dict | None = None, device: str = "auto", n_jobs: int = 1,
                  num_threads: int | None = 1):
         self.fraction = fraction
@@ -363,6 +446,8 @@ class RecommendedSelection(Valuer):
         self.validation_fraction = validation_fraction
         self.n_seeds = n_seeds
         self.epochs = epochs
+        self.max_training_share = max_training_share
+        self.label_errors = label_errors
         self.hostcp_params = hostcp_params
         self.oob_params = oob_params
         self.device = device
@@ -383,6 +468,12 @@ class RecommendedSelection(Valuer):
         if unknown or not names:
             raise ValueError(f"unknown candidate(s) {unknown}; choose from {CANDIDATES}")
         return [c for c in CANDIDATES if c in names]
+
+    def max_points(self, n: int) -> int | None:
+        """The cap on one candidate's scoring trainings' points (``max_training_share`` · n)."""
+        if self.max_training_share is None:
+            return None
+        return int(np.floor(self.max_training_share * n + 1e-9))
 
     def split(self, test: Dataset) -> tuple[np.ndarray, np.ndarray]:
         """Test rows for (selection, validation): the split ``fit`` uses."""
@@ -434,11 +525,40 @@ class RecommendedSelection(Valuer):
             hc_res = hc.fit(train, selection, progress=sub("hostcp"))
             shared["seconds"]["hostcp"] = time.perf_counter() - t0
         suspect = np.zeros(n, dtype=bool)
+        detectors = []
         if oob is not None:
             suspect = suspects_from_values(oob.values, train.y, k, K)
-            shared["detector"] = "data_oob"
-            shared["n_suspected"] = int(suspect.sum())
+            detectors.append("data_oob")
+        error_prob = None
+        if self.label_errors:
+            from hostcp_core.evaluation.label_errors import LabelErrorDetector
+
+            t0 = time.perf_counter()
+            led = LabelErrorDetector(models=LABEL_ERROR_MODELS, seed=self.seed,
+                                     n_jobs=self.n_jobs).fit(train, progress=sub("label_errors"))
+            shared["seconds"]["label_errors"] = time.perf_counter() - t0
+            error_prob = np.asarray(led.label_error_prob_, dtype=np.float64)
+            flagged = error_prob >= 0.5
+            # the flags join the suspects, but a class keeps its quota (best-valued first)
+            rank = oob.values if oob is not None else 1.0 - error_prob
+            for c, t in enumerate(class_quotas(train.y, k, K)):
+                rows = np.flatnonzero(train.y == c)
+                new = rows[flagged[rows] & ~suspect[rows]]
+                room = max(0, int((~suspect[rows]).sum()) - int(t))
+                suspect[new[np.argsort(-rank[new], kind="stable")[:room]]] = True
+            detectors.append("label_errors")
+            shared["label_error_prob"] = error_prob
+            shared["expected_error_rate"] = float(error_prob.mean())
         trusted = ~suspect
+        if error_prob is not None and oob is not None:
+            trusted = tighten_pool(trusted, oob.values, error_prob, train.y, k, K)
+            shared["pool_target"] = pool_target(error_prob)
+            shared["pool_expected_error_rate"] = (float(error_prob[trusted].mean())
+                                                  if trusted.any() else 0.0)
+        if detectors:
+            shared["detector"] = "+".join(detectors)
+            shared["n_suspected"] = int(suspect.sum())
+            shared["n_trusted"] = int(trusted.sum())
         rng_seed = np.random.SeedSequence(self.seed).generate_state(1)[0]
         h = None
         cands: dict[str, Candidate] = {}
@@ -478,12 +598,19 @@ class RecommendedSelection(Valuer):
             cands[name] = Candidate(name, np.sort(order[:k]), order, time.perf_counter() - t0,
                                     _NEEDS[name], info)
         shared["suspect"] = suspect
+        shared["trusted"] = trusted
         return cands, shared
 
     def _fit(self, train: Dataset, test: Dataset, *,
              progress: ProgressCallback | None) -> ValuationResult:
         if not self.num_threads:
             return self._run(train, test, progress)
+        # load sklearn's and scipy's BLAS/OpenMP first: threadpool_limits only reaches libraries
+        # already loaded, and scipy's OpenBLAS left at 2 threads made LR fits 2x (quiet) to 30x
+        # (loaded machine) slower
+        import scipy.linalg  # noqa: F401
+        import sklearn.ensemble  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -506,14 +633,18 @@ class RecommendedSelection(Valuer):
         cands, shared = self.build_candidates(train, selection, progress)
         t_build = time.perf_counter() - t0
         k = subset_size(train.n, self.fraction)
+        max_points = self.max_points(train.n)
         t0 = time.perf_counter()
         scores = score_candidates(cands, train, validation, k, learner=self.learner,
                                   n_seeds=self.n_seeds, epochs=self.epochs, seed=self.seed,
-                                  progress=progress)
+                                  max_points=max_points, progress=progress)
         t_score = time.perf_counter() - t0
+        ties, what = tie_counts(cands, shared)
         suspect = shared.pop("suspect")
+        shared.pop("trusted")
+        error_prob = shared.pop("label_error_prob", None)
         sus_counts = {c: int(suspect[cands[c].selected].sum()) for c in cands}
-        winner, se, why = choose_winner(scores, sus_counts, list(cands))
+        winner, se, why = choose_winner(scores, ties, list(cands), what=what)
         self.candidates_ = cands
         self.scores_ = scores
         self.suspected_ = suspect
@@ -525,18 +656,22 @@ class RecommendedSelection(Valuer):
                           "validation_accuracy_sd": s["sd"], "paired_se_vs_leader": se[c],
                           "trainings": len(s["accuracies"]), "n_selected": int(k),
                           "suspected_in_subset": sus_counts[c],
+                          "expected_label_errors_in_subset": (
+                              round(float(error_prob[cands[c].selected].sum()), 2)
+                              if error_prob is not None else None),
+                          "same_as": s.get("same_as"),
                           "build_seconds": cands[c].seconds + shared_s,
                           "score_seconds": s["seconds"], "needs": list(cands[c].needs),
                           "winner": c == winner})
         for c, reason in shared.get("skipped", {}).items():
             table.append({"candidate": c, "skipped": reason})
-        runs = 1 if learner_is_deterministic(self.learner) else self.n_seeds
+        runs = scoring_runs(self.learner, self.n_seeds, k, max_points)
         extra = {
             "winner": winner, "why": why,
             "rule": ("highest mean validation accuracy; candidates within one paired standard "
                      "error (per validation point, correctness averaged over training seeds) "
-                     "are tied; ties go to the fewest suspected points in the subset, then to "
-                     "the cheaper candidate (order: " + ", ".join(names) + ")"),
+                     f"are tied; ties go to the fewest {what} in the subset, then to the "
+                     "cheaper candidate (order: " + ", ".join(names) + ")"),
             "candidates": table,
             "budget": {"per_candidate": f"{runs} training(s) of {self.learner} on {k} points"
                        + (f", {self.epochs} epochs each" if self.learner == "mlp" else ""),
@@ -544,6 +679,9 @@ class RecommendedSelection(Valuer):
             "learner": self.learner,
             "n_selection_rows": int(len(sel_rows)), "n_validation_rows": int(len(val_rows)),
             "detector": shared.get("detector"), "n_suspected": shared.get("n_suspected", 0),
+            "n_trusted": shared.get("n_trusted"),
+            "expected_error_rate": shared.get("expected_error_rate"),
+            "pool_expected_error_rate": shared.get("pool_expected_error_rate"),
         }
         timings = {"candidates_s": t_build, "scoring_s": t_score, **{
             f"{p}_s": t for p, t in shared["seconds"].items()}}
