@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from hostcp_core import Cancelled, make_synthetic, split_test
-from hostcp_core.evaluation.curves import addition_curve, random_order, subset_accuracy
-from hostcp_core.evaluation.depth import QuickSettings, evaluate_subset
+from hostcp_core.evaluation.curves import (
+    addition_curve,
+    random_order,
+    removal_curve,
+    subset_accuracy,
+)
+from hostcp_core.evaluation.depth import QuickSettings, evaluate_ranking, evaluate_subset
 from hostcp_core.models import train_classifier
 
 
@@ -125,3 +130,21 @@ def test_quick_on_a_small_sample_is_the_full_fit(task):
                            **kw)
     assert [r["accuracy"] for r in quick.curves] == [r["accuracy"] for r in full.curves]
     assert quick.subset == full.subset and quick.random_subset == full.random_subset
+
+
+def test_ranking_curves_at_each_depth(task):
+    train, holdout = task
+    order = np.random.default_rng(3).permutation(train.n)
+    full = evaluate_ranking(train, holdout, order, addition=(0.2,), removal=(0.0, 0.5),
+                            depth="full", epochs=3, seed=1)
+    want = removal_curve(train, holdout, order, (0.0, 0.5), epochs=3, seed=1)
+    assert [r["accuracy"] for r in full.curves if r["curve"] == "removal"] == \
+        list(want["accuracy"])
+    assert [r["n_points"] for r in full.curves] == [60, 300, 150]
+    quick = evaluate_ranking(train, holdout, order, addition=(0.2,), removal=(0.0, 0.5),
+                             quick=QuickSettings(cap=100, target_steps=10))
+    assert [(r["curve"], r["n_points"], r["n_fitted"]) for r in quick.curves] == [
+        ("addition", 60, 60), ("removal", 300, 100), ("removal", 150, 100)]
+    assert evaluate_ranking(train, holdout, order, depth="none").curves == []
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        evaluate_ranking(train, holdout, order, removal=(1.0,))

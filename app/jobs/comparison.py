@@ -69,14 +69,18 @@ class _MethodProgress:
 def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, train, valuation,
                    holdout, methods: list[str], params: dict, fraction: float, seed: int,
                    inject_flips: float | None, device: str = "cpu",
-                   flag_precision: float | None = None) -> dict[str, Any]:
+                   flag_precision: float | None = None,
+                   depth: str = "full") -> dict[str, Any]:
     """Fit and score every method; returns the pieces ``run_job`` persists: ``train`` (as the
     methods saw it), ``result``/``order``/``report`` (the default method's), ``curves``,
-    ``method_points``, ``timings`` and ``summary`` (its ``comparison`` part)."""
+    ``method_points``, ``timings`` and ``summary`` (its ``comparison`` part).
+
+    ``depth`` is the job's evaluation depth: "full" draws the paper's curves (every learner on
+    all its points), "quick" the same curves on capped samples (bounded cost whatever n is,
+    ``hostcp_core.evaluation.depth``), "none" no curves."""
     from hostcp_core import flip_labels
     from hostcp_core.evaluation import DEFAULT_FRACTIONS as INSPECT_FRACTIONS
     from hostcp_core.evaluation import (
-        addition_curve,
         class_distribution,
         flip_detection_scores,
         flips_found_curve,
@@ -85,7 +89,6 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         paper_ranking,
         positions,
         rank_values,
-        removal_curve,
     )
     valuers = build_valuers(methods, fraction=fraction, seed=seed, params=params)
     flipped = None
@@ -114,8 +117,7 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
 
         progress.begin("curves")
         t = time.perf_counter()
-        add = addition_curve(train, holdout, order, add_fr, progress=progress, **curve_kw)
-        rem = removal_curve(train, holdout, order, rem_fr, progress=progress, **curve_kw)
+        add, rem = _curves(train, holdout, order, add_fr, rem_fr, depth, progress, curve_kw)
         curves_s = time.perf_counter() - t
         timings["valuation_s"] += fit_s
         timings["curves_s"] += curves_s
@@ -170,7 +172,7 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         "methods": records, "default_method": methods[0], "classes": list(train.classes),
         "train_class_fractions": (counts / train.n).tolist(), "top_fraction": TOP_FRACTION,
         "inject_flips": inject_flips, "n_flipped": 0 if flipped is None else int(len(flipped)),
-        "addition_fractions": add_fr, "removal_fractions": rem_fr}
+        "addition_fractions": add_fr, "removal_fractions": rem_fr, "evaluation": depth}
     summary = {"n_selected": int(len(result.selected)),
                "n_suspected": int(report["suspected"].sum()),
                "mislabels": jsonable(report.attrs), "comparison": comparison}
@@ -178,3 +180,21 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         summary["injected_flips"] = [int(j) for j in flipped]
     return {"train": train, "result": result, "order": order, "report": report,
             "curves": curves, "method_points": points, "timings": timings, "summary": summary}
+
+
+def _curves(train, holdout, order, add_fr: list[float], rem_fr: list[float], depth: str,
+            progress, curve_kw: dict):
+    """(addition, removal) frames with columns fraction, n_points, accuracy, at the depth."""
+    import pandas as pd
+
+    from hostcp_core.evaluation import addition_curve, removal_curve
+    from hostcp_core.evaluation.depth import evaluate_ranking
+
+    if depth == "full":  # the paper's protocol, as benchmarks/paper.py draws it
+        return (addition_curve(train, holdout, order, add_fr, progress=progress, **curve_kw),
+                removal_curve(train, holdout, order, rem_fr, progress=progress, **curve_kw))
+    ev = evaluate_ranking(train, holdout, order, addition=add_fr, removal=rem_fr, depth=depth,
+                          progress=progress, **curve_kw)
+    frame = pd.DataFrame(ev.curves, columns=["curve", "fraction", "n_points", "accuracy"])
+    return tuple(frame[frame["curve"] == kind].drop(columns="curve").reset_index(drop=True)
+                 for kind in ("addition", "removal"))

@@ -185,7 +185,8 @@ def _execute(job_id: str, settings: Settings, reporter: JobReporter) -> _Outcome
         out = run_comparison(job_id, settings, reporter, train=train, valuation=valuation_part,
                              holdout=holdout, methods=methods, params=params, fraction=fraction,
                              seed=seed, inject_flips=inject_flips,
-                             device="cuda" if on_gpu else "cpu", flag_precision=flag_precision)
+                             device="cuda" if on_gpu else "cpu", flag_precision=flag_precision,
+                             depth=depth)
         return _Outcome(**{**out, "timings": {**timings, **out["timings"]},
                            "summary": {**summary, **out["summary"]}})
 

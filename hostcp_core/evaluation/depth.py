@@ -3,6 +3,8 @@
 :func:`evaluate_subset` is what a job (and ``hostcp value``) runs after valuation: the
 addition curve of the method's ranking, the same curve for a random order, and the selected
 subset's accuracy against a random subset of the same size, all scored on a held-out set.
+:func:`evaluate_ranking` draws a ranking's addition and removal curves at the same depths
+(comparison jobs).
 
 Depths:
 
@@ -71,10 +73,11 @@ QUICK = QuickSettings()
 
 @dataclass
 class SubsetEvaluation:
-    """What :func:`evaluate_subset` measured and how.
+    """What :func:`evaluate_subset` (or :func:`evaluate_ranking`) measured and how.
 
     ``curves``: one row per (curve, fraction): curve ("addition" = the method's ranking,
-    "random" = a random order), step, fraction, n_points (⌈f·n⌉, the points eligible),
+    "random" = a random order, "removal" = all but the ranking's top), step, fraction,
+    n_points (the points eligible: ⌈f·n⌉ for an addition),
     n_fitted (the points the learner was trained on), epochs (run), accuracy.
     ``subset``/``random_subset``: n_points, n_fitted, epochs, accuracy. ``sampling`` states the
     depth's settings (cap, eval_cap, n_eval, learner, epochs rule).
@@ -152,7 +155,58 @@ def evaluate_subset(
             for name, o in (("addition", order), ("random", rand))
             for step, f in enumerate(fractions)]
     jobs += [("subset", 0, k / n, selected), ("random_subset", 0, k / n, rand_subset)]
+    return _evaluate(train, holdout, jobs, depth=depth, seed=seed, device=device, epochs=epochs,
+                     hidden=hidden, quick=quick, num_threads=num_threads, progress=progress,
+                     t0=t0)
 
+
+def evaluate_ranking(
+    train: Dataset,
+    holdout: Dataset,
+    ranking,
+    *,
+    addition: Sequence[float] = DEFAULT_FRACTIONS,
+    removal: Sequence[float] = (),
+    depth: str = DEFAULT_DEPTH,
+    seed: int = 0,
+    device: str = "cpu",
+    epochs: int | None = None,
+    hidden: Sequence[int] = (64, 64),
+    quick: QuickSettings = QUICK,
+    num_threads: int | None = 1,
+    progress: ProgressCallback | None = None,
+) -> SubsetEvaluation:
+    """The addition and removal curves of one ranking at a depth (comparison jobs): for
+    fraction f a learner is trained on the top ⌈f·n⌉ of ``ranking`` (curve "addition") or on
+    every point but them (curve "removal", f in [0, 1)); in "quick" each training set is
+    sampled down to ``quick.cap`` as in :func:`evaluate_subset`, whose other arguments these
+    are. ``n_points`` of a row is the size of the set the sample was drawn from."""
+    if depth not in DEPTHS:
+        raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
+    t0 = time.perf_counter()
+    if depth == "none":
+        return SubsetEvaluation(depth="none", sampling={"depth": "none", "skipped": True},
+                                timings={"total_s": 0.0})
+    order = _check_order(ranking, train.n)
+    n = train.n
+    bad = [f for f in removal if not 0.0 <= float(f) < 1.0]
+    if bad:
+        raise ValueError(f"removal fractions must lie in [0, 1), got {bad}")
+    jobs = [("addition", step, float(f), order[:n_of(n, float(f))])
+            for step, f in enumerate(addition)]
+    jobs += [("removal", step, float(f), order[n_of(n, float(f)):])
+             for step, f in enumerate(removal)]
+    return _evaluate(train, holdout, jobs, depth=depth, seed=seed, device=device, epochs=epochs,
+                     hidden=hidden, quick=quick, num_threads=num_threads, progress=progress,
+                     t0=t0)
+
+
+def _evaluate(train: Dataset, holdout: Dataset, jobs: list, *, depth: str, seed: int,
+              device: str, epochs: int | None, hidden: Sequence[int], quick: QuickSettings,
+              num_threads: int | None, progress: ProgressCallback | None,
+              t0: float) -> SubsetEvaluation:
+    """Train and score one learner per (name, step, fraction, eligible rows) job; "subset" and
+    "random_subset" rows go to their attributes, every other name is a curve."""
     if depth == "full":
         ev = holdout
         max_ep = 60 if epochs is None else int(epochs)
@@ -201,10 +255,10 @@ def evaluate_subset(
             report(progress, "evaluation", done, total, message=f"{name} {f:.3g}")
             row = {"fraction": f, "n_points": int(rows.size), "n_fitted": int(idx.size),
                    "epochs": ran, "accuracy": acc}
-            if name in ("addition", "random"):
-                out.curves.append({"curve": name, "step": step, **row})
-            else:
+            if name in ("subset", "random_subset"):
                 setattr(out, name, row)
+            else:
+                out.curves.append({"curve": name, "step": step, **row})
     finally:
         torch.set_num_threads(threads)
     out.sampling["num_threads"] = num_threads

@@ -16,7 +16,6 @@ from service_helpers import assert_problem, upload, wait_for, write_csv_pair
 from test_dashboard_browser import browser, live_service  # noqa: F401  (fixtures)
 from test_postgres_celery import (  # noqa: F401  (fixtures: the same servers and worker)
     celery_worker,
-    pg_database,
     redis_url,
     server_settings,
 )
@@ -389,3 +388,30 @@ def test_dashboard_shows_a_comparison(live_service, browser, tmp_path):  # noqa:
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     logs = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert not logs, logs
+
+
+@pytest.mark.parametrize("depth", ["quick", "none"])
+def test_comparison_follows_the_evaluation_depth(settings, compare_job, monkeypatch, depth):
+    from app.jobs import comparison
+    from app.jobs.run_job import run_job
+
+    seen: list = []
+    scripted = {"first": _Scripted("first", seen), "second": _Scripted("second", seen)}
+    monkeypatch.setattr(comparison, "build_valuers", lambda methods, **kw: scripted)
+    with session_scope(settings) as s:
+        s.get(Job, compare_job).evaluation = depth
+    assert run_job(compare_job, settings=settings) == "succeeded"
+    with session_scope(settings) as s:
+        job = s.get(Job, compare_job)
+        comp = job.summary["comparison"]
+        kinds = {c.curve for c in s.query(CurvePoint).filter_by(job_id=compare_job)}
+    assert comp["evaluation"] == depth
+    for rec in comp["methods"]:
+        if depth == "none":
+            assert rec["addition"] == [] and rec["removal"] == []
+        else:
+            assert [p["fraction"] for p in rec["addition"]] == comp["addition_fractions"]
+            assert [p["fraction"] for p in rec["removal"]] == comp["removal_fractions"]
+    drawn = {f"{m}:{k}" for m in ("first", "second") for k in ("addition", "removal")}
+    assert (kinds & drawn) == (set() if depth == "none" else drawn)
+    assert {f"{m}:flips" for m in ("first", "second")} <= kinds
