@@ -127,7 +127,8 @@ def run_one(name: str, seed: int, rate: float, kind: str, args) -> dict:
     if args.points:  # per-point evidence, to study flag rules without refitting
         Path(args.points).mkdir(parents=True, exist_ok=True)
         np.savez_compressed(Path(args.points) / f"{name}_s{seed}_{kind}_{rate:.1f}.npz",
-                            p=p, truth=truth, y=noisy.y, q=det.pred_probs_)
+                            p=p, truth=truth, y=noisy.y, q=det.pred_probs_,
+                            **{f"oof_{m}": v for m, v in det.oof_probs_.items()})
     row = {"dataset": name, "seed": seed, "rate": rate, "kind": kind, "n": noisy.n,
            "K": noisy.n_classes, "true_errors": int(truth.sum()),
            "expected_errors": det.expected_errors_, "seconds": det.seconds_,

@@ -16,7 +16,10 @@ The pipeline (:class:`LabelErrorDetector`):
    almost all i when the data are clean and carry T[i, ·] when labels were flipped. Because the
    ranking is out-of-fold, a point's own label does not move it in or out of the region.
    Uncertain (boundary) points sit outside the anchors, so hard-but-correct labels do not
-   count as noise: this is how a clean dataset gets a near-identity T and few flags.
+   count as noise: this is how a clean dataset gets a near-identity T and few flags. The noise
+   level (1 − T[i, i]) is pooled over all anchors and the same for every class; a class's own
+   anchors only set where its wrong labels go, so a class the models confuse with another does
+   not make its correct labels suspect.
 4. The clean posterior π(x) = q(x)·T⁻¹ (clipped to the simplex), and by Bayes
    P(true i | x, given j) = π_i T[i, j] / Σ_k π_k T[k, j]. ``label_error_prob`` = 1 − P(true j).
    Its sum is the expected number of label errors.
@@ -227,12 +230,14 @@ def estimate_noise_matrix(q: np.ndarray, y: np.ndarray, n_classes: int, *,
     Class i's anchors: the ⌈f · (points labelled i)⌉ points with the highest out-of-fold q_i,
     f = max(``anchor_fraction``, ``min_anchors`` / n) (small data need a larger share for a
     usable count). All anchors together give one pooled noise rate ρ (the share of anchor labels
-    that are not their region's class); class i's row is its anchors' given-label histogram shrunk
-    towards the uniform-noise row (1 − ρ on the diagonal, ρ/(K − 1) elsewhere) with the weight of
-    ``prior_strength`` anchors, so a class-specific pattern (class-dependent flips) shows only
-    where a class has enough anchors to show it. A small ``anchor_fraction`` keeps the anchors to
-    points the models are sure of: uncertain points near a class boundary carry genuine ambiguity,
-    not label noise. Returns (T, anchor sizes).
+    that are not their region's class), which is every row's noise level: T[i, i] = 1 − ρ.
+    Where class i's wrong labels go (T[i, j], j ≠ i, summing to ρ) follows its anchors'
+    given-label histogram shrunk towards the uniform-noise row (ρ/(K − 1) elsewhere) with the
+    weight of ``prior_strength`` anchors, so a class-specific pattern (class-dependent flips)
+    shows only where a class has enough anchors to show it. A class whose anchors are impure
+    because the models confuse it with another does not get a noise level of its own. A small
+    ``anchor_fraction`` keeps the anchors to points the models are sure of: uncertain points near
+    a class boundary carry genuine ambiguity, not label noise. Returns (T, anchor sizes).
     """
     n, K = q.shape
     counts = np.bincount(y, minlength=n_classes)
@@ -249,7 +254,17 @@ def estimate_noise_matrix(q: np.ndarray, y: np.ndarray, n_classes: int, *,
     rho = (hist.sum() - np.trace(hist)) / max(hist.sum(), 1.0)
     prior = np.full((K, K), rho / max(K - 1, 1))
     np.fill_diagonal(prior, 1.0 - rho)
-    T = (hist + prior_strength * prior) / (sizes[:, None] + prior_strength)
+    shrunk = (hist + prior_strength * prior) / (sizes[:, None] + prior_strength)
+    # Every row keeps the pooled rate ρ as its noise level; its own anchors only say where its
+    # errors go. A class the models confuse with another (shirts and pullovers, the comp.*
+    # newsgroups) has impure anchors with clean labels too, and letting that impurity set its
+    # noise level flagged its correct labels: on a development seed (7, not in the evidence)
+    # this gave 2.6% flags on clean Fashion-MNIST, and 1.2% once the level is pooled.
+    off = shrunk - np.diag(np.diag(shrunk))
+    mass = off.sum(1, keepdims=True)
+    uniform = (1.0 - np.eye(K)) / max(K - 1, 1)
+    pattern = np.where(mass > 0, off / np.where(mass > 0, mass, 1.0), uniform)
+    T = (1.0 - rho) * np.eye(K) + rho * pattern
     return T, sizes
 
 
