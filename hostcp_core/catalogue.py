@@ -45,14 +45,16 @@ _INFO: dict[str, dict[str, Any]] = {
     "recommended": dict(
         purpose="subset",
         summary="The default: candidate subsets (HOST-CP, each valuer's stratified top set, "
-                "the same restricted to the points Data-OOB trusts, coverage of HOST-CP's "
-                "embedding, random) scored on a validation part of the test set with the "
-                "learner you name; the best is returned, with every candidate's score.",
+                "the same restricted to the points Data-OOB and the calibrated label-error "
+                "detector trust, coverage of HOST-CP's embedding, random) scored on a "
+                "validation part of the test set with the learner you name; the best is "
+                "returned, with every candidate's score.",
         gpu=True,
-        cost=Cost("HOST-CP + Data-OOB + KNN-Shapley + n_seeds trainings of the learner per "
-                  "candidate: linear in n; at 500 rows 1.6× HOST-CP alone on average (up to 3.2× "
-                  "at a 20% subset and 6× at 50%: the candidates' trainings grow with the "
-                  "subset; docs/RESULTS.md)", 1.0, 500, 40.0, None)),
+        cost=Cost("HOST-CP + Data-OOB + KNN-Shapley + the label-error detector (forest + "
+                  "logistic) + per candidate up to n_seeds trainings of the learner, at most "
+                  "0.6·n training points in all: linear in n; at 500 rows 2.0× HOST-CP alone "
+                  "on average at a 20% subset, at most 2.7× in every one of 336 runs at "
+                  "5–50% (docs/RESULTS.md, second run)", 1.0, 500, 7.6, None)),
     "hostcp": dict(
         purpose="both",
         summary="HOST-CP (the paper): a learned embedding and a differentiable facility-location "

@@ -648,6 +648,7 @@ class RecommendedSelection(Valuer):
         self.candidates_ = cands
         self.scores_ = scores
         self.suspected_ = suspect
+        self.label_error_prob_ = error_prob
         table = []
         for c in cands:
             s = scores[c]

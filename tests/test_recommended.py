@@ -11,13 +11,19 @@ import pytest
 from hostcp_core import Cancelled, flip_labels, make_synthetic
 from hostcp_core.recommended import (
     CANDIDATES,
+    Candidate,
     RecommendedSelection,
     choose_winner,
     class_quotas,
     facility_location_order,
+    pool_target,
     ranking_values,
+    score_candidates,
+    scoring_runs,
     stratified_order,
     suspects_from_values,
+    tie_counts,
+    tighten_pool,
 )
 from hostcp_core.result import subset_size, to_jsonable
 
@@ -201,3 +207,100 @@ def test_building_blocks():
     fl = facility_location_order(h, np.zeros(6, dtype=int), 1, 1)
     assert fl[0] in (0, 4)
     np.testing.assert_array_equal(np.argsort(-ranking_values(fl), kind="stable"), fl)
+
+
+def test_tighten_pool_drops_lowest_ranked_until_the_target():
+    rng = np.random.default_rng(0)
+    n = 400
+    y = np.repeat([0, 1], n // 2)
+    rank = rng.random(n)
+    # the detector's error probabilities: high for the lowest-ranked fifth of each class
+    p = np.where(rank < 0.2, 0.3, 0.0)
+    trusted = np.ones(n, dtype=bool)
+    k = 40   # quotas 20 + 20: each class keeps at least 30
+    pool = tighten_pool(trusted, rank, p, y, k, 2)
+    target = pool_target(p)
+    assert target == pytest.approx(np.clip(p.mean() / 3, 0.005, 0.02))
+    assert p[pool].mean() <= target < p[trusted].mean()
+    # only the lowest-ranked points left, and only as many as needed
+    assert rank[~pool].max() < rank[pool].min()
+    assert p[pool | (np.arange(n) == np.flatnonzero(~pool)[np.argmax(rank[~pool])])].mean() \
+        > target
+    # a class never falls below 1.5 x its quota, even when the target cannot be reached
+    pool = tighten_pool(trusted, rank, np.full(n, 0.5), y, k, 2)
+    np.testing.assert_array_equal(np.bincount(y[pool]), [30, 30])
+    # data the detector finds clean: nothing leaves
+    assert tighten_pool(trusted, rank, np.zeros(n), y, k, 2).all()
+
+
+def test_scoring_budget_and_identical_subsets(data):
+    train, test = data
+    assert scoring_runs("mlp", 3, 100, 300) == 3 and scoring_runs("mlp", 3, 250, 300) == 1
+    assert scoring_runs("mlp", 3, 100, None) == 3 and scoring_runs("logreg", 3, 100, 300) == 1
+    k = 30
+    order = np.arange(train.n)
+    same = np.concatenate([order[:k][::-1], order[k:]])     # the same first k, another order
+    other = np.roll(order, -k)
+    cands = {n: Candidate(n, np.sort(o[:k]), o, 0.0, ()) for n, o in
+             (("a", order), ("b", same), ("c", other))}
+    calls = []
+    import hostcp_core.recommended as rm
+
+    original = rm.train_predict
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return original(*a, **kw)
+
+    rm.train_predict = counting
+    try:
+        out = score_candidates(cands, train, test, k, learner="mlp", n_seeds=3, epochs=2,
+                               seed=0, max_points=2 * k)
+    finally:
+        rm.train_predict = original
+    assert len(calls) == 2 * 2            # two distinct subsets, two trainings each (cap 2k)
+    assert out["b"]["same_as"] == "a" and out["b"]["mean"] == out["a"]["mean"]
+    assert "same_as" not in out["c"] and len(out["c"]["accuracies"]) == 2
+
+
+def test_tie_break_counts_expected_label_errors(fitted):
+    rec, res = fitted
+    table = {r["candidate"]: r for r in res.extra["candidates"]}
+    shared = {"label_error_prob": np.zeros(len(rec.suspected_)), "suspect": rec.suspected_}
+    counts, what = tie_counts(rec.candidates_, shared)
+    assert what == "expected label errors" and set(counts.values()) == {0}
+    # on data found clean every candidate ties at 0: a tie goes to the cheapest (earliest)
+    scores = {c: {"mean": 0.8, "per_point": np.r_[np.ones(8), np.zeros(2)]} for c in counts}
+    assert choose_winner(scores, counts, list(CANDIDATES))[0] == "random"
+    # the table's expected errors are the detector's probabilities summed over each subset
+    p = rec.label_error_prob_
+    assert p is not None and p.shape == (len(rec.suspected_),)
+    real, _ = tie_counts(rec.candidates_, {"label_error_prob": p, "suspect": rec.suspected_})
+    for c, row in table.items():
+        got = row["expected_label_errors_in_subset"]
+        assert got == pytest.approx(p[rec.candidates_[c].selected].sum(), abs=0.006)
+        assert real[c] == round(got)
+    counts, what = tie_counts(rec.candidates_, {"suspect": rec.suspected_})
+    assert what == "suspected points"
+    assert counts == {c: table[c]["suspected_in_subset"] for c in counts}
+    assert "expected label errors" in res.extra["rule"]
+
+
+def test_blas_limited_to_one_thread_while_scoring(data, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    import hostcp_core.recommended as rm
+
+    seen = []
+    original = rm.train_predict
+
+    def spy(*a, **kw):
+        seen.extend(d["num_threads"] for d in threadpool_info()
+                    if d["user_api"] == "blas")
+        return original(*a, **kw)
+
+    monkeypatch.setattr(rm, "train_predict", spy)
+    train, test = data
+    RecommendedSelection(fraction=0.2, learner="logreg", candidates=["random", "top_data_oob"],
+                         **FAST).fit(train, test)
+    assert seen and set(seen) == {1}
