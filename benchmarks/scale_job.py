@@ -481,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--job-timeout", type=float, default=3600.0)
     ap.add_argument("--cancel", action="store_true",
                     help="also time a cancel sent in each stage of a job")
+    ap.add_argument("--cancel-stages", nargs="+", choices=CANCEL_STAGES, default=CANCEL_STAGES,
+                    help="the stages --cancel cancels in (default: every one)")
     ap.add_argument("--cancel-rows", type=int, nargs="+", default=None,
                     help="sizes for --cancel (default: the largest of --rows)")
     ap.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "hostcp-scale")
@@ -532,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
                               + " ".join(f"{c}={_fmt(row.get(c))}" for c in COLUMNS[4:]),
                               flush=True)
                         if n in cancel_rows:
-                            for stage in CANCEL_STAGES:
+                            for stage in args.cancel_stages:
                                 cancels.append(cancel_case(client, svc, ups, n, method, stage,
                                                            args))
                                 print("# cancel " + " ".join(
