@@ -7,6 +7,11 @@ saw. Prints per-variant means, spreads and paired differences (with standard err
 a CSV of every run.
 
     python benchmarks/hostcp_synthetic.py --seeds 0 1 2 3 4 --out results/hostcp_synthetic.csv
+
+Large n (e.g. HOST-CP variants only, paired against plain HOST-CP; raw facility location is
+quadratic in n):
+
+    python benchmarks/hostcp_synthetic.py --n 10000 --baselines --variants hostcp "hostcp[wave=16]"
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ VARIANTS = {
 }
 
 
+BASELINES = ("full", "random", "facility_location[raw]")
+
+
 class _NoLayerHostCP(HostCP):
     """Ablation: the same training and score with the selection layer replaced by a uniform
     u = γ (no selection, no old set): what the layer adds."""
@@ -77,16 +85,22 @@ def main(argv=None) -> None:
     ap.add_argument("--fraction", type=float, default=0.2)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--noise", nargs="+", default=["clean", "flip10"])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--set", nargs="*", default=[], help="HostCP overrides, key=json")
     ap.add_argument("--eval-seeds", type=int, default=3)
     ap.add_argument("--eval-epochs", type=int, default=100)
+    ap.add_argument("--baselines", nargs="*", default=list(BASELINES),
+                    help="reference subsets to score besides the variants (none: only variants)")
+    ap.add_argument("--paired", default="hostcp", metavar="VARIANT",
+                    help="also print every variant minus this one, paired over seeds")
     ap.add_argument("--out", default="results/hostcp_synthetic.csv")
     ap.add_argument("--summarise", nargs="+", metavar="CSV",
                     help="only print the summary of earlier runs' CSVs (concatenated)")
     args = ap.parse_args(argv)
     if args.summarise:
-        print(summarise(pd.concat([pd.read_csv(f) for f in args.summarise])))
+        df = pd.concat([pd.read_csv(f) for f in args.summarise])
+        print(summarise(df))
+        print(paired(df, args.paired))
         return
     torch.set_num_threads(1)
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -109,24 +123,31 @@ def main(argv=None) -> None:
                 print(f"seed={seed} {noise:6s} {method:34s} acc={acc:.4f} ({secs:.1f}s)",
                       flush=True)
 
-            record("full", np.arange(tr.n), 0.0)
-            rand_accs = [subset_acc(tr, holdout, rng.choice(tr.n, k, replace=False),
-                                    eval_seeds, args.eval_epochs) for _ in range(3)]
-            rows.append({"seed": seed, "noise": noise, "method": "random",
-                         "accuracy": float(np.mean(rand_accs)), "seconds": 0.0})
-            print(f"seed={seed} {noise:6s} {'random':34s} acc={np.mean(rand_accs):.4f}")
-            t = time.perf_counter()
-            fl = RawFacilityLocation(args.fraction).fit(tr, valuation)
-            record("facility_location[raw]", fl.selected, time.perf_counter() - t)
+            if "full" in args.baselines:
+                record("full", np.arange(tr.n), 0.0)
+            if "random" in args.baselines:
+                rand_accs = [subset_acc(tr, holdout, rng.choice(tr.n, k, replace=False),
+                                        eval_seeds, args.eval_epochs) for _ in range(3)]
+                rows.append({"seed": seed, "noise": noise, "method": "random",
+                             "accuracy": float(np.mean(rand_accs)), "seconds": 0.0})
+                print(f"seed={seed} {noise:6s} {'random':34s} acc={np.mean(rand_accs):.4f}")
+            if "facility_location[raw]" in args.baselines:
+                t = time.perf_counter()
+                fl = RawFacilityLocation(args.fraction).fit(tr, valuation)
+                record("facility_location[raw]", fl.selected, time.perf_counter() - t)
             for name in args.variants:
                 t = time.perf_counter()
                 res = make_variant(name, args.fraction, seed, overrides).fit(tr, valuation)
                 record(name, res.selected, time.perf_counter() - t)
+                # every finished run is on disk at once (a long run can be summarised early)
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame(rows).to_csv(args.out, index=False)
     df = pd.DataFrame(rows)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, index=False)
     print()
     print(summarise(df))
+    print(paired(df, args.paired))
 
 
 def summarise(df: pd.DataFrame) -> str:
@@ -134,9 +155,9 @@ def summarise(df: pd.DataFrame) -> str:
     for noise, g in df.groupby("noise", sort=False):
         piv = g.pivot(index="seed", columns="method", values="accuracy")
         lines.append(f"### {noise} (n seeds = {len(piv)})")
-        refs = ["random", "facility_location[raw]"] + (["hostcp"] if "hostcp" in piv else [])
-        lines.append("| method | accuracy mean ± sd | "
-                     + " | ".join(f"vs {r} (paired)" for r in refs) + " |")
+        refs = [r for r in (*BASELINES[1:], "hostcp") if r in piv]
+        lines.append("| " + " | ".join(["method", "accuracy mean ± sd"]
+                                       + [f"vs {r} (paired)" for r in refs]) + " |")
         lines.append("|---" * (len(refs) + 2) + "|")
         for m in piv.columns:
             a = piv[m]
@@ -147,6 +168,23 @@ def summarise(df: pd.DataFrame) -> str:
                 cells.append(f"{d.mean():+.4f} (se {se:.4f})")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def paired(df: pd.DataFrame, base: str) -> str:
+    """Every variant minus ``base``, paired over the seeds both have (mean, standard error, n)."""
+    lines = []
+    for noise, g in df.groupby("noise", sort=False):
+        piv = g.pivot(index="seed", columns="method", values="accuracy")
+        if base not in piv:
+            continue
+        lines.append(f"{noise} seeds {sorted(int(s) for s in piv.index)}")
+        for m in sorted(c for c in piv.columns if c.startswith("hostcp") and c != base):
+            d = (piv[m] - piv[base]).dropna()
+            se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+            a, b = piv[m][d.index].mean(), piv[base][d.index].mean()
+            lines.append(f"  {m:20s} vs {base}: {d.mean():+.4f} (se {se:.4f}, n={len(d)})  "
+                         f"mean acc {a:.4f} vs {b:.4f}")
     return "\n".join(lines)
 
 

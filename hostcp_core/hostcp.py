@@ -40,7 +40,8 @@ SCORES = ("value", "mass", "mean_u", "cost")
 LAYER_SOLVERS = ("auto", "static", "adaptive")
 # wave="auto": W per device type (CPU: measured with benchmarks/epoch_speed.py, docs/RESULTS.md;
 # CUDA: a first guess, to be measured with benchmarks/gpu_check.sh), and at least this many
-# waves per epoch (fewer, larger waves lost subset quality on 500-1000-point data).
+# waves per epoch (fewer, larger waves lost subset quality: on 500-1000-point data, and W = 16 at
+# 10k points, 10 waves an epoch, on clean labels; W = 9 there, 17 waves, did not).
 WAVE_AUTO = {"cpu": 16, "cuda": 64}
 _AUTO_WAVES_PER_EPOCH = 16
 # Cross-class distances (class-conditional mode) are this many mean distances: a constant, so a
@@ -112,16 +113,18 @@ class HostCP(Valuer):
     num_threads: torch CPU threads while fitting (restored after). The per-batch work is many
         small ops, which run fastest on one thread and degrade badly on a shared CPU with more.
     wave: W, the number of consecutive minibatches whose selection problems are solved in one
-        batched call (``"auto"``: the best measured for the device, ``WAVE_AUTO``, but at most
-        1/16 of an epoch's minibatches, so W = 1 below 2,048 points). Within a
+        batched call (``"auto"``, the default: the best measured for the device, ``WAVE_AUTO``,
+        but at most 1/16 of an epoch's minibatches, so W = 1 up to 1,984 points at batch size
+        64, W = 9 at 10k, 16 from 16,384 on the CPU). Within a
         wave the old set is the one at the wave's start (it is updated after the wave), and
         every problem is set up with φ and θ as they were at the wave's start; the θ step, the
         look-ahead and the φ step still follow per minibatch (φ's steps use gradients taken at
-        the wave's start). W = 1 (default) is the per-minibatch algorithm, unchanged.
+        the wave's start). W = 1 is the per-minibatch algorithm, unchanged.
         Measured (docs/RESULTS.md, issue 12): an epoch over 10k points ~2x faster on one CPU
-        thread at W = 16; on 1000 points (16 minibatches an epoch) W = 4-16 gave subsets as
-        good on clean labels but about 0.02 worse with 10% flipped labels, hence the default
-        and the cap on "auto".
+        thread at W = 16, ~1.5-1.9x at 9; subsets on 10k synthetic points (5 seeds) at W = 9
+        within 1.5 standard errors of W = 1 clean and flipped, but W = 16 (a tenth of an epoch)
+        0.024 worse on clean labels, and on 1000 points W = 4-16 (a quarter of an epoch or
+        more) about 0.02 worse with 10% flipped labels: hence the cap on "auto".
     layer_solver: how a wave's batch is solved (W > 1 only): ``"static"`` (no read-back to the
         host inside the Newton loop but once every 8 iterations; what a GPU needs),
         ``"adaptive"`` (reads back at every step and works on the unconverged problems only,
@@ -161,7 +164,7 @@ class HostCP(Valuer):
         seed: int = 0,
         device: str = "auto",
         num_threads: int | None = 1,
-        wave: int | str = 1,
+        wave: int | str = "auto",
         layer_solver: str = "auto",
     ):
         self.fraction = fraction

@@ -182,9 +182,11 @@ def test_wave_code_at_one_is_the_per_minibatch_algorithm(data):
                                a.result.extra["phi_grad_norm_median"], rtol=1e-5)
 
 
-def test_wave_one_is_the_default_and_waves_are_reproducible(data):
+def test_auto_wave_is_the_default_and_waves_are_reproducible(data):
     train, test = data
-    assert HostCP().wave == 1
+    # "auto": per minibatch (W = 1) on small data, so the paper protocol is unchanged
+    assert HostCP().wave == "auto"
+    assert HostCP(**FAST).fit(train, test).extra["wave"] == 1
     a = HostCP(**FAST, wave=3, seed=2).fit(train, test)
     b = HostCP(**FAST, wave=3, seed=2).fit(train, test)
     np.testing.assert_array_equal(a.values, b.values)
