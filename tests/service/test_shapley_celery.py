@@ -31,7 +31,7 @@ from worker.celery_app import CeleryTransport
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(180)]
 # the fresh Postgres database, Redis and settings of the single-worker test
-pg_database, redis_url, server_settings = pgc.pg_database, pgc.redis_url, pgc.server_settings
+redis_url, server_settings = pgc.redis_url, pgc.server_settings  # pg_database: conftest
 
 # 12 chunks of 2 permutations of 80 points: a few seconds of work, enough chunks for both
 # processes to take some, whatever the timing
