@@ -134,12 +134,9 @@ def evaluate_subset(
     small MLP's many tiny ops run fastest on one thread, and on a shared 2-core machine two
     threads were several times slower than one (spinning while descheduled).
     """
-    if depth not in DEPTHS:
-        raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
     t0 = time.perf_counter()
-    if depth == "none":
-        return SubsetEvaluation(depth="none", sampling={"depth": "none", "skipped": True},
-                                timings={"total_s": 0.0})
+    if (skipped := _skipped(depth)) is not None:
+        return skipped
     order = _check_order(ranking, train.n)
     selected = np.asarray(selected, dtype=np.int64).ravel()
     fractions = [float(f) for f in fractions]
@@ -181,12 +178,9 @@ def evaluate_ranking(
     every point but them (curve "removal", f in [0, 1)); in "quick" each training set is
     sampled down to ``quick.cap`` as in :func:`evaluate_subset`, whose other arguments these
     are. ``n_points`` of a row is the size of the set the sample was drawn from."""
-    if depth not in DEPTHS:
-        raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
     t0 = time.perf_counter()
-    if depth == "none":
-        return SubsetEvaluation(depth="none", sampling={"depth": "none", "skipped": True},
-                                timings={"total_s": 0.0})
+    if (skipped := _skipped(depth)) is not None:
+        return skipped
     order = _check_order(ranking, train.n)
     n = train.n
     bad = [f for f in removal if not 0.0 <= float(f) < 1.0]
@@ -199,6 +193,16 @@ def evaluate_ranking(
     return _evaluate(train, holdout, jobs, depth=depth, seed=seed, device=device, epochs=epochs,
                      hidden=hidden, quick=quick, num_threads=num_threads, progress=progress,
                      t0=t0)
+
+
+def _skipped(depth: str) -> SubsetEvaluation | None:
+    """The result of depth "none" (nothing trained); None for a depth that trains."""
+    if depth not in DEPTHS:
+        raise ValueError(f"depth must be one of {', '.join(DEPTHS)}, not {depth!r}")
+    if depth == "none":
+        return SubsetEvaluation(depth="none", sampling={"depth": "none", "skipped": True},
+                                timings={"total_s": 0.0})
+    return None
 
 
 def _evaluate(train: Dataset, holdout: Dataset, jobs: list, *, depth: str, seed: int,
