@@ -94,12 +94,23 @@ class ApiServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the API exited: see {self.data_dir / 'api.log'}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                # every process must answer before the load starts: the load's keep-alive
+                # connections, opened at once, would all go to a process that is up while
+                # another is still importing (seen in CI: 130 requests to one of two)
+                if (httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200
+                        and self._answering() >= self.workers):
                     return self
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("the API did not become ready")
+        raise RuntimeError(f"the API did not become ready ({self._answering()} of "
+                           f"{self.workers} processes answered)")
+
+    def _answering(self) -> int:
+        """How many API processes have answered a request (always 1 with one process)."""
+        if self.workers == 1:
+            return 1
+        return sum(1 for n in requests_by_pid(self.data_dir / "prometheus").values() if n > 0)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
