@@ -75,9 +75,9 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
     methods saw it), ``result``/``order``/``report`` (the default method's), ``curves``,
     ``method_points``, ``timings`` and ``summary`` (its ``comparison`` part).
 
-    ``depth`` is the job's evaluation depth: "full" draws the paper's curves (every learner on
-    all its points), "quick" the same curves on capped samples (bounded cost whatever n is,
-    ``hostcp_core.evaluation.depth``), "none" no curves."""
+    ``depth`` is the job's evaluation depth (``hostcp_core.evaluation.depth.evaluate_ranking``):
+    "full" draws the paper's curves (every learner on all its points), "quick" the same curves on
+    capped samples (bounded cost whatever n is), "none" no curves."""
     from hostcp_core import flip_labels
     from hostcp_core.evaluation import DEFAULT_FRACTIONS as INSPECT_FRACTIONS
     from hostcp_core.evaluation import (
@@ -90,6 +90,7 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         positions,
         rank_values,
     )
+    from hostcp_core.evaluation.depth import evaluate_ranking
     valuers = build_valuers(methods, fraction=fraction, seed=seed, params=params)
     flipped = None
     if inject_flips:
@@ -117,14 +118,16 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
 
         progress.begin("curves")
         t = time.perf_counter()
-        add, rem = _curves(train, holdout, order, add_fr, rem_fr, depth, progress, curve_kw)
+        drawn = evaluate_ranking(train, holdout, order, addition=add_fr, removal=rem_fr,
+                                 depth=depth, progress=progress, **curve_kw).curves
+        series = {kind: [r for r in drawn if r["curve"] == kind]
+                  for kind in ("addition", "removal")}
         curves_s = time.perf_counter() - t
         timings["valuation_s"] += fit_s
         timings["curves_s"] += curves_s
-        for kind, frame in (("addition", add), ("removal", rem)):
-            curves += [{"curve": f"{method}:{kind}", "step": step, "fraction": float(r.fraction),
-                        "n_points": int(r.n_points), "value": float(r.accuracy)}
-                       for step, r in enumerate(frame.itertuples(index=False))]
+        for kind, rows in series.items():
+            curves += [{"curve": f"{method}:{kind}", "step": r["step"], "fraction": r["fraction"],
+                        "n_points": r["n_points"], "value": r["accuracy"]} for r in rows]
 
         rv = rank_values(order)
         rank = positions(order)
@@ -136,10 +139,8 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
         rec: dict[str, Any] = {
             "method": method, "run_time_s": fit_s, "curves_s": curves_s,
             "n_selected": int(len(result.selected)),
-            "addition": [{"fraction": float(r.fraction), "accuracy": float(r.accuracy)}
-                         for r in add.itertuples(index=False)],
-            "removal": [{"fraction": float(r.fraction), "accuracy": float(r.accuracy)}
-                        for r in rem.itertuples(index=False)],
+            **{kind: [{"fraction": r["fraction"], "accuracy": r["accuracy"]} for r in rows]
+               for kind, rows in series.items()},
             "top_classes": {"fractions": classes["fractions"], "counts": classes["counts"],
                             "n_top": classes["n_top"], "n_distinct": classes["n_distinct"],
                             "entropy": classes["entropy"]},
@@ -181,20 +182,3 @@ def run_comparison(job_id: str, settings: Settings, reporter: JobReporter, *, tr
     return {"train": train, "result": result, "order": order, "report": report,
             "curves": curves, "method_points": points, "timings": timings, "summary": summary}
 
-
-def _curves(train, holdout, order, add_fr: list[float], rem_fr: list[float], depth: str,
-            progress, curve_kw: dict):
-    """(addition, removal) frames with columns fraction, n_points, accuracy, at the depth."""
-    import pandas as pd
-
-    from hostcp_core.evaluation import addition_curve, removal_curve
-    from hostcp_core.evaluation.depth import evaluate_ranking
-
-    if depth == "full":  # the paper's protocol, as benchmarks/paper.py draws it
-        return (addition_curve(train, holdout, order, add_fr, progress=progress, **curve_kw),
-                removal_curve(train, holdout, order, rem_fr, progress=progress, **curve_kw))
-    ev = evaluate_ranking(train, holdout, order, addition=add_fr, removal=rem_fr, depth=depth,
-                          progress=progress, **curve_kw)
-    frame = pd.DataFrame(ev.curves, columns=["curve", "fraction", "n_points", "accuracy"])
-    return tuple(frame[frame["curve"] == kind].drop(columns="curve").reset_index(drop=True)
-                 for kind in ("addition", "removal"))
