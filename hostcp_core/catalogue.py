@@ -226,6 +226,8 @@ PARAM_DOCS: dict[str, dict[str, str]] = {
         "baseline": "REINFORCE baseline: 'fixed' or 'moving_average'.",
         "window": "Steps in the moving-average baseline.",
         "epsilon": "Clamp for log-probabilities.",
+        "restarts": "Fresh restarts of the estimator when it collapses (all values equal); "
+                    "if every attempt collapses the run fails.",
     },
     "recommended": {
         "hostcp_params": "Parameters of the HOST-CP fit the candidates share (None: its defaults).",

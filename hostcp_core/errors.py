@@ -11,3 +11,8 @@ class Cancelled(Exception):
 
 class NotFittedError(RuntimeError):
     """A result was asked of an estimator that has not been fitted."""
+
+
+class ValuationFailed(RuntimeError):
+    """A valuer ran but produced no usable values (e.g. DVRL's estimator collapsed to a constant
+    on every restart); the message says what happened and what to change."""

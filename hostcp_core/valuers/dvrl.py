@@ -12,11 +12,17 @@ from torch.nn import functional as F
 
 from hostcp_core.data import Dataset
 from hostcp_core.device import resolve_device
+from hostcp_core.errors import ValuationFailed
 from hostcp_core.models import MLP
 from hostcp_core.progress import ProgressCallback, report
 from hostcp_core.result import ValuationResult
 from hostcp_core.valuer import Valuer
 from hostcp_core.valuers._common import chunks, standardise, torch_generator
+
+# Values whose spread is at most this are constant (float32 probabilities: about 10 ulps at 1).
+_CONSTANT = 1e-6
+# Consecutive constant batches before the whole training set is checked for a collapse.
+_DEAD_PATIENCE = 50
 
 
 class _Estimator(nn.Module):
@@ -34,6 +40,15 @@ class _Estimator(nn.Module):
         self.body = nn.Sequential(*layers)
         self.comb = nn.Sequential(nn.Linear(comb_dim + n_classes, comb_dim), nn.ReLU(),
                                   nn.Linear(comb_dim, 1))
+        # The reference's layers (tf.contrib fully_connected) start with Glorot-uniform weights
+        # and zero biases. PyTorch's default (weights U(±1/√fan_in), random biases) shrinks the
+        # signal about √6-fold per ReLU layer, so after four layers the random biases decide
+        # which units fire, the output hardly depends on the input (std 0.007 at the start) and
+        # a few Adam steps can kill every unit of the last ReLU layer: constant values.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor, y1h: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
         h = self.body(torch.cat([x, y1h], 1))
@@ -56,6 +71,13 @@ class DVRL(Valuer):
     The predictor is an :class:`~hostcp_core.models.MLP` (``predictor_hidden=()`` is logistic
     regression, the reference's tabular predictor); it is trained only on the selected points,
     which for 0/1 weights equals the reference's weighted fit.
+
+    A collapsed estimator (every selection probability equal: its last ReLU layer dead, so
+    nothing but the output bias can learn again) is not returned: the estimator is trained
+    again from a fresh initialisation, at most ``restarts`` times (``extra["restarts"]`` and
+    ``extra["collapsed_at"]`` record it), and if every attempt collapses
+    :class:`~hostcp_core.errors.ValuationFailed` is raised. Constant values rank nothing, and
+    a top set drawn from ties would look like a valuation while being an arbitrary pick.
     """
 
     name = "dvrl"
@@ -66,7 +88,7 @@ class DVRL(Valuer):
                  predictor_lr: float = 0.01, hidden_dim: int = 100, comb_dim: int = 10,
                  layer_number: int = 5, learning_rate: float = 0.01, threshold: float = 0.9,
                  penalty: float = 1e3, metric: str = "auc", baseline: str = "fixed",
-                 window: int = 20, epsilon: float = 1e-8):
+                 window: int = 20, epsilon: float = 1e-8, restarts: int = 2):
         self.fraction = fraction
         self.seed = seed
         self.device = device
@@ -86,6 +108,7 @@ class DVRL(Valuer):
         self.baseline = baseline
         self.window = window
         self.epsilon = epsilon
+        self.restarts = restarts
 
     def _train_predictor(self, model: MLP, init: dict, X: torch.Tensor, y: torch.Tensor,
                          gen: torch.Generator) -> MLP:
@@ -116,6 +139,56 @@ class DVRL(Valuer):
             return float(roc_auc_score(yn, pn[:, 1]))
         return float(roc_auc_score(yn, pn, multi_class="ovr", labels=np.arange(pn.shape[1])))
 
+    def _train_estimator(self, data, predictor: MLP, init: dict, valid_perf: float,
+                         gen: torch.Generator, progress: ProgressCallback | None,
+                         attempt: int) -> tuple[_Estimator, list[float], int | None]:
+        """One REINFORCE run from a fresh estimator. Returns it, the rewards, and the iteration
+        at which it was found collapsed (None if it was not): its output constant on
+        ``_DEAD_PATIENCE`` consecutive batches and then on the whole training set."""
+        Xs, y1h, diff, Xtr, ytr, Xva, yva = data
+        dev = Xs.device
+        estimator = _Estimator(Xtr.shape[1], y1h.shape[1], self.hidden_dim, self.comb_dim,
+                               self.layer_number).to(dev)
+        opt = torch.optim.Adam(estimator.parameters(), lr=self.learning_rate)
+        n = Xtr.shape[0]
+        B = min(self.batch_size, n)
+        baseline = valid_perf
+        rewards: list[float] = []
+        eps = self.epsilon
+        stage = "dvrl:iterations" if attempt == 0 else f"dvrl:iterations (restart {attempt})"
+        constant_run = 0
+        for it in range(self.iterations):
+            idx = torch.randperm(n, generator=gen)[:B].to(dev)
+            prob = estimator(Xs[idx], y1h[idx], diff[idx])
+            p_sample = prob.detach()
+            constant_run = constant_run + 1 if float(p_sample.max() - p_sample.min()) \
+                <= _CONSTANT else 0
+            if constant_run >= _DEAD_PATIENCE:
+                with torch.no_grad():
+                    everywhere = estimator(Xs, y1h, diff)
+                if float(everywhere.max() - everywhere.min()) <= _CONSTANT:
+                    return estimator, rewards, it
+                constant_run = 0
+            s = torch.bernoulli(p_sample.cpu(), generator=gen).to(dev)
+            if s.sum() == 0:  # the reference code's guard: resample at 0.5
+                s = torch.bernoulli(torch.full((B,), 0.5), generator=gen).to(dev)
+            chosen = idx[s > 0]
+            model = self._train_predictor(predictor, init, Xtr[chosen], ytr[chosen], gen)
+            perf = self._score(model, Xva, yva)
+            reward = perf - baseline
+            log_pi = (s * torch.log(prob + eps) + (1 - s) * torch.log(1 - prob + eps)).sum()
+            mean_p = prob.mean()
+            loss = -reward * log_pi + self.penalty * (
+                F.relu(mean_p - self.threshold) + F.relu((1 - self.threshold) - mean_p))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if self.baseline == "moving_average":
+                baseline = ((self.window - 1) * baseline + perf) / self.window
+            rewards.append(reward)
+            report(progress, stage, it + 1, self.iterations, loss=float(loss.detach()))
+        return estimator, rewards, None
+
     def _fit(self, train: Dataset, test: Dataset, *,
              progress: ProgressCallback | None) -> ValuationResult:
         if self.metric not in ("accuracy", "auc", "log_loss"):
@@ -145,38 +218,28 @@ class DVRL(Valuer):
             diff = (y1h - torch.softmax(val_model(Xtr), 1)).abs()
         report(progress, "dvrl:baselines", 2, 2)
 
-        estimator = _Estimator(Xtr.shape[1], K, self.hidden_dim, self.comb_dim,
-                               self.layer_number).to(dev)
-        opt = torch.optim.Adam(estimator.parameters(), lr=self.learning_rate)
-        n = Xtr.shape[0]
-        B = min(self.batch_size, n)
-        baseline = valid_perf
-        rewards = []
-        eps = self.epsilon
-        for it in range(self.iterations):
-            idx = torch.randperm(n, generator=gen)[:B].to(dev)
-            prob = estimator(Xs[idx], y1h[idx], diff[idx])
-            p_sample = prob.detach()
-            s = torch.bernoulli(p_sample.cpu(), generator=gen).to(dev)
-            if s.sum() == 0:  # the reference code's guard: resample at 0.5
-                s = torch.bernoulli(torch.full((B,), 0.5), generator=gen).to(dev)
-            chosen = idx[s > 0]
-            model = self._train_predictor(predictor, init, Xtr[chosen], ytr[chosen], gen)
-            perf = self._score(model, Xva, yva)
-            reward = perf - baseline
-            log_pi = (s * torch.log(prob + eps) + (1 - s) * torch.log(1 - prob + eps)).sum()
-            mean_p = prob.mean()
-            loss = -reward * log_pi + self.penalty * (
-                F.relu(mean_p - self.threshold) + F.relu((1 - self.threshold) - mean_p))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if self.baseline == "moving_average":
-                baseline = ((self.window - 1) * baseline + perf) / self.window
-            rewards.append(reward)
-            report(progress, "dvrl:iterations", it + 1, self.iterations, loss=float(loss))
-        with torch.no_grad():
-            values = estimator(Xs, y1h, diff).double().cpu().numpy()
+        data = (Xs, y1h, diff, Xtr, ytr, Xva, yva)
+        collapsed_at: list[int] = []
+        for attempt in range(self.restarts + 1):
+            if attempt:  # a fresh, reproducible initialisation for each restart
+                ss = np.random.SeedSequence([self.seed, 4, attempt])
+                torch.manual_seed(int(ss.generate_state(1, dtype=np.uint64)[0] >> 1))
+            estimator, rewards, dead_at = self._train_estimator(
+                data, predictor, init, valid_perf, gen, progress, attempt)
+            with torch.no_grad():
+                values = estimator(Xs, y1h, diff).double().cpu().numpy()
+            if dead_at is None and np.ptp(values) <= _CONSTANT:
+                dead_at = self.iterations
+            if dead_at is None:
+                break
+            collapsed_at.append(dead_at)
+        else:
+            raise ValuationFailed(
+                f"DVRL's estimator collapsed on all {self.restarts + 1} attempts (every "
+                f"selection probability equal, so the values would rank nothing; detected "
+                f"at iterations {collapsed_at}); try another seed, a lower learning_rate or "
+                f"baseline='moving_average'")
         extra = {"valid_perf": valid_perf, "metric": self.metric, "baseline": self.baseline,
-                 "mean_reward_last_100": float(np.mean(rewards[-100:])) if rewards else None}
+                 "mean_reward_last_100": float(np.mean(rewards[-100:])) if rewards else None,
+                 "restarts": len(collapsed_at), "collapsed_at": collapsed_at}
         return ValuationResult.from_values(values, self.fraction, self.name, extra=extra)
