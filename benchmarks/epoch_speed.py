@@ -65,12 +65,14 @@ def one_epoch(train, valuation, wave, args) -> dict:
     t = time.perf_counter()
     res = HostCP(epochs=1 + args.epochs, warmup_epochs=1, device=args.device,
                  solver=args.solver, wave=wave, layer_solver=args.layer_solver,
-                 num_threads=args.threads).fit(train, valuation)
+                 num_threads=args.threads, cuda_graphs=not args.no_cuda_graphs
+                 ).fit(train, valuation)
     _sync(args.device)
     return {"epoch": statistics.median(res.timings["selection_epoch_s"]),
             "cpu": statistics.median(res.timings["selection_epoch_cpu_s"]),
             "layer": res.timings["layer_s"] / sum(res.timings["selection_epoch_s"]),
-            "fit": time.perf_counter() - t, "wave": res.extra["wave"]}
+            "fit": time.perf_counter() - t, "wave": res.extra["wave"],
+            "graphs": res.extra["cuda_graphs"]}
 
 
 def full_fit(n: int, args) -> None:
@@ -89,16 +91,19 @@ def full_fit(n: int, args) -> None:
                   f"(step {p.step}/{p.total}, {now - t0:.0f} s in all)", flush=True)
             state.update(epoch=p.epoch, t=now)
 
-    h = HostCP(device=args.device, wave=wave, num_threads=args.threads)
+    h = HostCP(device=args.device, wave=wave, num_threads=args.threads,
+               cuda_graphs=not args.no_cuda_graphs)
     res = h.fit(train, valuation, progress=progress)
     total = time.perf_counter() - t0
     print(f"full fit: n={n} W={res.extra['wave']} device={args.device} epochs={h.epochs} "
           f"total {total:.1f} s ({total / 60:.2f} min), selection epochs "
-          f"{statistics.median(res.timings['selection_epoch_s']):.2f} s (median)", flush=True)
+          f"{statistics.median(res.timings['selection_epoch_s']):.2f} s (median), CUDA graphs "
+          f"{res.extra['cuda_graphs']}", flush=True)
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps({"full_fit": True, "n": n, "wave": res.extra["wave"],
                                 "device": args.device, "total_s": total,
+                                "cuda_graphs": res.extra["cuda_graphs"],
                                 "epoch_s": statistics.median(
                                     res.timings["selection_epoch_s"])}) + "\n")
 
@@ -118,6 +123,8 @@ def main(argv=None) -> None:
     ap.add_argument("--layer-solver", default="auto")
     ap.add_argument("--test-size", type=int, default=2000)
     ap.add_argument("--json", help="append one JSON line per (n, W) to this file")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="HostCP(cuda_graphs=False): "
+                    "launch the wave's kernels one by one on CUDA")
     ap.add_argument("--full-fit", action="store_true", help="one full fit with HostCP's "
                     "defaults at each size (the first --wave) instead of epoch timings")
     args = ap.parse_args(argv)
@@ -130,7 +137,7 @@ def main(argv=None) -> None:
           f"{args.threads}, solver {args.solver}, layer_solver {args.layer_solver}, "
           f"load average at start {os.getloadavg()[0]:.2f}")
     print(f"{'n':>8} {'W':>5} {'epoch s':>8} {'ms/point':>9} {'cpu s':>7} {'cpu ms/pt':>9} "
-          f"{'x vs W0':>8} {'layer':>6} {'fit s':>7} {'load':>5}")
+          f"{'x vs W0':>8} {'layer':>6} {'fit s':>7} {'load':>5} graphs")
     for n in args.sizes:
         train, test = synthetic(n, args.test_size, seed=0)
         valuation, _ = split_test(test, 0.3, seed=0)
@@ -149,12 +156,13 @@ def main(argv=None) -> None:
                 rec = {"n": n, "wave": runs[w][0]["wave"], "wave_arg": w, "device": args.device,
                        "threads": args.threads, "epoch_s": ep, "cpu_s": cpu,
                        "ms_per_point": 1e3 * ep / n, "speedup_vs_first": base / ep,
+                       "cuda_graphs": runs[w][0]["graphs"],
                        "load": os.getloadavg()[0]}
                 with open(args.json, "a") as f:
                     f.write(json.dumps(rec) + "\n")
             print(f"{n:>8} {label:>5} {ep:>8.2f} {1e3 * ep / n:>9.3f} {cpu:>7.2f} "
                   f"{1e3 * cpu / n:>9.3f} {base / ep:>7.2f}x {lay:>6.0%} {fit:>7.1f} "
-                  f"{os.getloadavg()[0]:>5.2f}", flush=True)
+                  f"{os.getloadavg()[0]:>5.2f} {runs[w][0]['graphs']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
-from typing import NamedTuple
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -26,13 +27,21 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 
+from hostcp_core._theta_wave import ThetaWave, lookahead_dots
 from hostcp_core.data import Dataset
 from hostcp_core.device import resolve_device
 from hostcp_core.models import MLP
 from hostcp_core.progress import ProgressCallback, report
 from hostcp_core.result import ValuationResult, subset_size
 from hostcp_core.selection import SelectionLayer, select_top_k
-from hostcp_core.selection._static import implicit_vjp, mask_padding, solve_batch
+from hostcp_core.selection._static import (
+    NewtonGraphs,
+    StaticSolution,
+    implicit_vjp,
+    mask_padding,
+    solve_batch,
+)
+from hostcp_core.selection._types import SolverError
 from hostcp_core.valuer import Valuer
 
 EMBEDDINGS = ("hidden", "gradient", "hidden+gradient", "raw")
@@ -47,6 +56,7 @@ _AUTO_WAVES_PER_EPOCH = 16
 # Cross-class distances (class-conditional mode) are this many mean distances: a constant, so a
 # point is represented by another class only when nothing else is feasible.
 _CROSS_CLASS_DISTANCE = 8.0
+T = TypeVar("T")
 
 
 class _Embedding(nn.Module):
@@ -129,6 +139,9 @@ class HostCP(Valuer):
         host inside the Newton loop but once every 8 iterations; what a GPU needs),
         ``"adaptive"`` (reads back at every step and works on the unconverged problems only,
         which costs nothing on a CPU), ``"auto"``: static on CUDA, adaptive elsewhere.
+    cuda_graphs: on CUDA, replay the static solver's Newton iterations as CUDA graphs (captured
+        at the first wave, per problem shape; the same iterates). A GPU's time on a wave is
+        spent launching small kernels, not running them. False: launch them one by one.
     """
 
     name = "hostcp"
@@ -166,6 +179,7 @@ class HostCP(Valuer):
         num_threads: int | None = 1,
         wave: int | str = "auto",
         layer_solver: str = "auto",
+        cuda_graphs: bool = True,
     ):
         self.fraction = fraction
         self.embedding = embedding
@@ -195,6 +209,7 @@ class HostCP(Valuer):
         self.num_threads = num_threads
         self.wave = wave
         self.layer_solver = layer_solver
+        self.cuda_graphs = cuda_graphs
 
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
@@ -267,11 +282,16 @@ class HostCP(Valuer):
 
         model = MLP(train.n_features, K, self.hidden).to(dev)
         model.set_standardisation(X)
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # fused on CUDA: one kernel per step instead of a dozen (each launch costs more
+        # than the step's arithmetic)
+        fused = dev.type == "cuda" or None
+        graphs = self.cuda_graphs and dev.type == "cuda"
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay,
+                               fused=fused, capturable=graphs)
         scales = self._represent(model, X, Y)
         d_rep = self._represent(model, X[:2], Y[:2], scales).shape[1]
         embed = _Embedding(d_rep, self.embed_dim, self.embed_width, self.cost_head).to(dev)
-        embed_opt = torch.optim.Adam(embed.parameters(), lr=self.embed_lr)
+        embed_opt = torch.optim.Adam(embed.parameters(), lr=self.embed_lr, fused=fused)
         layer = SelectionLayer(fraction=self.fraction, eps=self.eps, solver=self.solver,
                                normalize=False)
 
@@ -290,7 +310,8 @@ class HostCP(Valuer):
         step = 0
         W = self._wave_size(dev, n_batches)
         waves = W > 1 or self._wave_path_at_one
-        acc = _Accumulators(u_sum, mass_sum, signal_sum, grad_norms)
+        acc = _Accumulators(u_sum, mass_sum, signal_sum, grad_norms,
+                            _Graphs() if graphs else None)
         for epoch in range(self.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
             warm = epoch < self.warmup_epochs
@@ -348,7 +369,9 @@ class HostCP(Valuer):
                 epoch_times.append(time.perf_counter() - t_epoch)
                 epoch_cpu.append(time.process_time() - c_epoch)
 
-        grad_norms = [float(g) for g in grad_norms]
+        # waves keep their W norms on the device: one read-back per wave, here
+        grad_norms = [float(x) for g in grad_norms
+                      for x in (g.tolist() if isinstance(g, torch.Tensor) else [g])]
         scores = {"mean_u": u_sum, "mass": mass_sum, "value": signal_sum}
         scores = {k: (v / max(u_count, 1)).cpu().numpy() for k, v in scores.items()}
         if embed.cost is not None:
@@ -362,6 +385,7 @@ class HostCP(Valuer):
         self.model_ = model.eval()
         self.embedding_ = embed.eval()
         extra = {"score": self.score, "epochs_scored": u_count, "wave": W,
+                 "cuda_graphs": acc.graphs.status() if acc.graphs and waves else "off",
                  "phi_grad_norm_median": float(np.median(grad_norms)) if grad_norms else 0.0,
                  "final_loss": epoch_loss / n}
         timings = {"layer_s": t_layer, "train_s": time.perf_counter() - t_start,
@@ -420,8 +444,8 @@ class HostCP(Valuer):
             Dn = Dn + cb[None, :] * (1 - torch.eye(len(idx), device=Dn.device))
             Do = Do + co[None, :]
         if self.class_conditional:
-            Dn = torch.where(yb[:, None] == yb[None, :], Dn, Dn.new_tensor(_CROSS_CLASS_DISTANCE))
-            Do = torch.where(yb[:, None] == yo[None, :], Do, Do.new_tensor(_CROSS_CLASS_DISTANCE))
+            Dn = torch.where(yb[:, None] == yb[None, :], Dn, _CROSS_CLASS_DISTANCE)
+            Do = torch.where(yb[:, None] == yo[None, :], Do, _CROSS_CLASS_DISTANCE)
         return layer(Dn, Do), old, hb.detach()
 
     def _joint_step(self, model, opt, embed, embed_opt, xb, yb, u, Xt, Yt, gen):
@@ -437,14 +461,28 @@ class HostCP(Valuer):
         embed_opt.step()
         return loss, gnorm, dV_du
 
-    def _theta_steps_wave(self, model, opt, xb, yb, u, real, sizes, Xt, Yt, gen, loss_sum):
+    def _theta_steps_wave(self, model, opt, xb, yb, u, real, sizes, Xt, Yt, gen, loss_sum,
+                          graphs=None):
         """The θ steps of a wave's minibatches, one after the other (as ``_theta_step``), and
         their look-aheads dV/du in one vectorised call (vmap over the minibatches: each at its
         own θ and step). xb (W, n, d), yb and u (W, n) padded as ``real`` says; returns dV/du
         (W, n), 0 on padded points."""
-        buffers = dict(model.named_buffers())
-        names = [k for k, _ in model.named_parameters()]
-        thetas, grads, samples = [], [], []
+        tb = None
+        if self.test_batch_size < Xt.shape[0]:
+            # the draws of the per-minibatch algorithm, in its order; one copy to the device
+            tb = torch.stack([torch.randperm(Xt.shape[0], generator=gen)[:self.test_batch_size]
+                              for _ in sizes]).to(Xt.device)
+        if graphs is not None and graphs.failed is None:
+            # CUDA: the same steps on static buffers, one graph per wave shape
+            key = tuple(xb.shape)
+            if key not in graphs.theta:
+                graphs.theta[key] = ThetaWave(model, opt, fraction=self.fraction,
+                                              lookahead_lr=self.lookahead_lr, graph=True)
+            dV = graphs.attempt(lambda: graphs.theta[key].run(xb, yb, u, real, tb, Xt, Yt,
+                                                                loss_sum))
+            if dV is not None:
+                return dV
+        thetas, grads = [], []
         for w, size in enumerate(sizes):
             thetas.append([v.detach().clone() for v in model.parameters()])
             per_point = F.cross_entropy(model(xb[w, :size]), yb[w, :size], reduction="none")
@@ -452,33 +490,16 @@ class HostCP(Valuer):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grads.append([v.grad.detach().clone() for v in model.parameters()])
-            if self.test_batch_size < Xt.shape[0]:   # the same draws, in the same order
-                samples.append(torch.randperm(Xt.shape[0], generator=gen)[:self.test_batch_size])
             opt.step()
             loss_sum += loss.detach() * size
+        names = [k for k, _ in model.named_parameters()]
         theta = {k: torch.stack([t[i] for t in thetas]) for i, k in enumerate(names)}
         grad_ = {k: torch.stack([g[i] for g in grads]) for i, k in enumerate(names)}
-        if samples:
-            tb = torch.stack(samples).to(Xt.device)
-            Xv, Yv, v_dim = Xt[tb], Yt[tb], 0
-        else:
-            Xv, Yv, v_dim = Xt, Yt, None   # the whole test set
+        Xv, Yv = (Xt, Yt) if tb is None else (Xt[tb], Yt[tb])   # None: the whole test set
+        d = lookahead_dots(model, theta, grad_, xb, yb, Xv, Yv, self.lookahead_lr,
+                           sampled=tb is not None)
+        norm = self.fraction * real.sum(1).to(d.dtype)
         lr = self.lookahead_lr
-
-        def dots(theta, g, xb, yb, Xv, Yv):
-            theta_hat = {k: theta[k] - lr * g[k] for k in theta}
-
-            def V(p):
-                return F.cross_entropy(functional_call(model, (p, buffers), (Xv,)), Yv)
-
-            def losses(p):
-                return F.cross_entropy(functional_call(model, (p, buffers), (xb,)), yb,
-                                       reduction="none")
-
-            return jvp(losses, (theta,), (grad(V)(theta_hat),))[1]
-
-        d = vmap(dots, in_dims=(0, 0, 0, 0, v_dim, v_dim))(theta, grad_, xb, yb, Xv, Yv)
-        norm = self.fraction * torch.tensor(sizes, dtype=d.dtype, device=d.device)
         return torch.where(real, -(lr / norm)[:, None] * d, 0.0).detach()
 
     def _theta_step(self, model, opt, xb, yb, ud, Xt, Yt, gen):
@@ -538,9 +559,9 @@ class HostCP(Valuer):
             Dn = Dn + cb.unsqueeze(-2) * (1 - torch.eye(n, device=Dn.device))
             Do = Do + co.unsqueeze(-2)
         if self.class_conditional:
-            cross = Dn.new_tensor(_CROSS_CLASS_DISTANCE)
-            Dn = torch.where(yb.unsqueeze(-1) == yb.unsqueeze(-2), Dn, cross)
-            Do = torch.where(yb.unsqueeze(-1) == yo.unsqueeze(-2), Do, cross)
+            # a Python scalar, not new_tensor: a host-to-device copy waits for the device
+            Dn = torch.where(yb.unsqueeze(-1) == yb.unsqueeze(-2), Dn, _CROSS_CLASS_DISTANCE)
+            Do = torch.where(yb.unsqueeze(-1) == yo.unsqueeze(-2), Do, _CROSS_CLASS_DISTANCE)
         return mask_padding(Dn, Do, real, valid)
 
     def _wave(self, model, opt, embed, embed_opt, layer, X, Y, Xt, Yt, batches, old_set,
@@ -583,8 +604,15 @@ class HostCP(Valuer):
         mode = self.layer_solver
         if mode == "auto":
             mode = "static" if Dn.device.type == "cuda" else "adaptive"
-        sol = solve_batch(Dn.double(), Do.double(), budget, self.eps, mode=mode,
-                          scale=_CROSS_CLASS_DISTANCE)
+        def solve(graphs: NewtonGraphs | None) -> StaticSolution:
+            return solve_batch(Dn.double(), Do.double(), budget, self.eps, mode=mode,
+                               scale=_CROSS_CLASS_DISTANCE, graphs=graphs)
+
+        sol = None
+        if acc.graphs is not None and acc.graphs.failed is None:
+            sol = acc.graphs.attempt(lambda: solve(acc.graphs.newton))
+        if sol is None:
+            sol = solve(None)
         u, Zn = sol.u.to(Dn.dtype), sol.Zn.to(Dn.dtype)    # (W, nb), (W, nb, nb)
         # Padded slots add exact zeros (to a real index), so nothing is read back to the host.
         flat_real = real.flatten()
@@ -608,7 +636,7 @@ class HostCP(Valuer):
                 loss_sum += loss * size
         else:
             dV = self._theta_steps_wave(model, opt, X[idxs], yb, u, real, sizes, Xt, Yt, gen,
-                                        loss_sum)
+                                        loss_sum, acc.graphs)
         acc.signal.index_add_(0, ridx, -dV.flatten().double())   # padded dV are 0
         if not self.learn_embedding:
             acc.grad_norms.extend([0.0] * W)
@@ -630,7 +658,7 @@ class HostCP(Valuer):
                 prm.grad = grads[name][w]
             embed_opt.step()
         norms = torch.stack([grads[k].flatten(1).square().sum(1) for k in names]).sum(0).sqrt()
-        acc.grad_norms.extend(norms.unbind())
+        acc.grad_norms.append(norms)
         return t_layer
 
 
@@ -638,7 +666,36 @@ class _Accumulators(NamedTuple):
     u: torch.Tensor
     mass: torch.Tensor
     signal: torch.Tensor
-    grad_norms: list
+    grad_norms: list      # floats (per minibatch) or device tensors of W (per wave)
+    graphs: _Graphs | None   # CUDA graphs of the waves, kept for the fit
+
+
+class _Graphs:
+    """The CUDA graphs of a fit's waves: the layer's Newton iterations and, per wave shape,
+    the θ steps with their look-aheads. A graph that fails (a kernel a capture cannot hold on
+    some torch or CUDA build) turns graphs off for the rest of the fit, with a warning and the
+    reason in the result's ``extra["cuda_graphs"]``; the eager steps compute the same."""
+
+    def __init__(self) -> None:
+        self.newton = NewtonGraphs()
+        self.theta: dict[tuple, ThetaWave] = {}
+        self.failed: str | None = None
+
+    def attempt(self, graphed: Callable[[], T]) -> T | None:
+        """``graphed()``, or None once graphs have failed (the caller then runs eagerly)."""
+        if self.failed is None:
+            try:
+                return graphed()
+            except RuntimeError as err:
+                if isinstance(err, SolverError):
+                    raise
+                self.failed = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+                warnings.warn(f"HOST-CP: CUDA graphs failed, running eagerly: {self.failed}",
+                              RuntimeWarning, stacklevel=2)
+        return None
+
+    def status(self) -> str:
+        return "on" if self.failed is None else f"failed: {self.failed}"
 
 
 class _OldSet:

@@ -282,6 +282,7 @@ def test_cuda_matches_cpu():
 # ---------------------------------------------------------------- batched solver without host reads
 from hostcp_core.selection._static import (  # noqa: E402
     PAD_DISTANCE,
+    NewtonGraphs,
     implicit_vjp,
     mask_padding,
     newton_compact,
@@ -343,6 +344,32 @@ def test_solve_batch_gradient_matches_autograd_layer(mode):
     gDn, gDo = implicit_vjp(sol.saved, 0.05, wn, torch.zeros_like(sol.Zo), wu)
     torch.testing.assert_close(gDn, Dn_r.grad, atol=1e-9, rtol=1e-7)
     torch.testing.assert_close(gDo, Do_r.grad, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("spread", [None, 0.02])
+def test_range_solve_gives_the_pseudo_inverse_cotangents(spread, monkeypatch):
+    """CUDA's backward solve (Cholesky of M + δI with refinement, ``_range_solve``) gives the
+    cotangents of the CPU's pseudo-inverse, also on tight clusters with duplicated points
+    (singular M: rows served only by shared capped columns)."""
+    kw = {} if spread is None else {"clusters": 3, "spread": spread}
+    Dn, Do = _instance(24, 16, batch=4, seed=9, **kw)
+    if spread is not None:   # duplicates: zero off-diagonal distances
+        idx = torch.arange(0, 24, 2)
+        Dn = Dn.clone()
+        Dn[:, idx, idx + 1] = 0.0
+        Dn[:, idx + 1, idx] = 0.0
+    K = torch.full((4,), 6.0, dtype=torch.float64)
+    sol = solve_batch(Dn, Do, K, 0.01, mode="adaptive")
+    g = torch.Generator().manual_seed(2)
+    wn, wo = (torch.randn(x.shape, generator=g, dtype=torch.float64) for x in (sol.Zn, sol.Zo))
+    wu = torch.randn(sol.u.shape, generator=g, dtype=torch.float64)
+    want = implicit_vjp(sol.saved, 0.01, wn, wo, wu)
+    M = _native._freeze_lambda(_native._hessian(_native._Masks(*sol.saved[:4])), sol.saved[4])
+    assert int(torch.linalg.matrix_rank(M).min()) < M.shape[-1] or spread is None
+    monkeypatch.setattr(_native, "_pinv_solve", _native._range_solve)
+    got = implicit_vjp(sol.saved, 0.01, wn, wo, wu)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-8)
 
 
 def test_float32_static_solve_close_to_float64():
@@ -408,6 +435,40 @@ def test_cuda_graph_replays_the_fixed_budget_solve():
     ref = solve_batch(Dn2, Do2, K2, 0.05, mode="static")
     assert float(res.max()) <= 1e-9
     torch.testing.assert_close(p.u.cpu(), ref.u, atol=1e-8, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_newton_graphs_replay_the_checked_solve():
+    """NewtonGraphs (chunks of 8 iterations replayed as CUDA graphs, captured once per shape)
+    gives newton_static's iterates and iteration count, for new data of the same shape too."""
+    graphs = NewtonGraphs()
+    for seed in (16, 17):
+        Dn, Do, K = _batch_instance(B=8, n=32, m=24, seed=seed)
+        Dn, Do, K = Dn.cuda(), Do.cuda(), K.cuda()
+        want = newton_static(Dn, Do, K, 0.05, max_iter=60, check_every=8)
+        got = newton_static(Dn, Do, K, 0.05, max_iter=60, check_every=8, graphs=graphs)
+        assert got[3] == want[3]
+        torch.testing.assert_close(got[2].u, want[2].u, atol=1e-12, rtol=0)
+        torch.testing.assert_close(got[0], want[0], atol=1e-12, rtol=0)
+    assert len(graphs._graphs) == 1
+    sol = solve_batch(Dn, Do, K, 0.05, graphs=graphs)
+    torch.testing.assert_close(sol.u, want[2].u, atol=1e-12, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_backward_solve_matches_cpu():
+    Dn, Do, K = _batch_instance(B=8, n=64, m=40, seed=18)
+    sol = solve_batch(Dn, Do, K, 0.05, mode="adaptive")
+    g = torch.Generator().manual_seed(3)
+    wu = torch.randn(sol.u.shape, generator=g, dtype=torch.float64)
+    want = implicit_vjp(sol.saved, 0.05, torch.zeros_like(sol.Zn), torch.zeros_like(sol.Zo), wu)
+    saved = tuple(x.cuda() for x in sol.saved)
+    got = implicit_vjp(saved, 0.05, torch.zeros_like(saved[0]),
+                       torch.zeros(sol.Zo.shape, dtype=torch.float64, device="cuda"), wu.cuda())
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-9, rtol=1e-8)
 
 
 @pytest.mark.gpu

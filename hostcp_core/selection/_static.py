@@ -143,9 +143,30 @@ def _direction(st: _State, Dn: torch.Tensor, Do: torch.Tensor, eps: float,
     ridge = (mu * torch.clamp(res, max=1.0) * eps + 1e-12).view(-1, 1, 1)
     rhs = torch.cat([g_a, torch.where(active, g_l, torch.zeros_like(g_l)).unsqueeze(-1)], -1)
     L, info = torch.linalg.cholesky_ex(M + ridge * eye)
-    d = torch.cholesky_solve((eps * rhs).unsqueeze(-1), L).squeeze(-1)
+    d = _cholesky_solve(L, (eps * rhs).unsqueeze(-1)).squeeze(-1)
     d = torch.where((info == 0).unsqueeze(-1), d, eps * rhs)  # a gradient step where it fails
     return d[:, :n], d[:, n]
+
+
+def _cholesky_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(L Lᵀ)⁻¹ b. On CUDA by two triangular solves (cuBLAS): the batched cholesky_solve goes
+    to MAGMA there, which allocates on the host and so cannot be captured in a CUDA graph."""
+    if not L.is_cuda:
+        return torch.cholesky_solve(b, L)
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.transpose(-2, -1), y, upper=True)
+
+
+def _start(Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tensor, eps: float,
+           partial: bool) -> _State:
+    """The cold-start state: α at each point's nearest candidate plus ε, λ = 0."""
+    alpha = _initial_alpha(Dn, Do, eps)
+    lam = Dn.new_zeros(Dn.shape[0])
+    p = _primal_t(alpha, lam, Dn, Do, eps, partial=partial)
+    g_a, g_l = _grad(p, budget)
+    q = _dual_value(p, alpha, lam, Dn, Do, g_a, g_l, eps)
+    return _State(alpha, lam, p, g_a, g_l, q, _residual(g_a, g_l, lam),
+                  torch.full_like(lam, _RIDGE), torch.ones_like(lam), torch.zeros_like(lam))
 
 
 def newton_compact(
@@ -161,13 +182,7 @@ def newton_compact(
     while any problem backtracks). Reads back to the host at every step, which is free on a
     CPU; the iterates are newton_solve's."""
     bsz, n, _ = Dn.shape
-    alpha = _initial_alpha(Dn, Do, eps)
-    lam = Dn.new_zeros(bsz)
-    p = _primal_t(alpha, lam, Dn, Do, eps, partial=True)
-    g_a, g_l = _grad(p, budget)
-    q = _dual_value(p, alpha, lam, Dn, Do, g_a, g_l, eps)
-    st = _State(alpha, lam, p, g_a, g_l, q, _residual(g_a, g_l, lam),
-                torch.full_like(lam, _RIDGE), torch.ones_like(lam), torch.zeros_like(lam))
+    st = _start(Dn, Do, budget, eps, partial=True)
     eye = torch.eye(n + 1, dtype=Dn.dtype, device=Dn.device)
     it = 0
     while it < max_iter:
@@ -225,23 +240,20 @@ def newton_static(
     max_iter: int = 100,
     check_every: int | None = 8,
     compact: bool = False,
+    graphs: NewtonGraphs | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, _Primal, int, torch.Tensor]:
     """Solve a batch (B, n, n), (B, n, m), (B,) in the inputs' dtype; returns α, λ, the primal,
     the iterations run and the per-problem residuals (a device tensor, not read here).
 
     ``compact`` (for a CPU, where reading back is free): each iteration reads which problems
     are unconverged and works on those only (and sorts columns partially); the iterates are
-    the same.
+    the same. ``graphs`` (CUDA, with ``check_every``): the same iterations replayed as CUDA
+    graphs (``NewtonGraphs``).
     """
+    if graphs is not None and Dn.is_cuda and check_every and not compact:
+        return graphs.solve(Dn, Do, budget, eps, tol, max_iter, check_every)
     bsz, n, _ = Dn.shape
-    alpha = _initial_alpha(Dn, Do, eps)
-    lam = Dn.new_zeros(bsz)
-    p = _primal_t(alpha, lam, Dn, Do, eps, partial=compact)
-    g_a, g_l = _grad(p, budget)
-    q = _dual_value(p, alpha, lam, Dn, Do, g_a, g_l, eps)
-    res = _residual(g_a, g_l, lam)
-    st = _State(alpha, lam, p, g_a, g_l, q, res, torch.full_like(lam, _RIDGE),
-                torch.ones_like(lam), torch.zeros_like(lam))
+    st = _start(Dn, Do, budget, eps, partial=compact)
     eye = torch.eye(n + 1, dtype=Dn.dtype, device=Dn.device)
     it = 0
     while it < max_iter:
@@ -261,6 +273,94 @@ def newton_static(
         it += 1
         st = _iterate(st, Dn, Do, budget, eps, tol, eye, static=True)
     return st.alpha, st.lam, st.p, it, st.res
+
+
+def _flat(st: _State) -> list[torch.Tensor]:
+    return [x for f in st for x in (f if isinstance(f, _Primal) else (f,))]
+
+
+def _unflat(xs: list[torch.Tensor]) -> _State:
+    return _State(xs[0], xs[1], _Primal(*xs[2:8]), *xs[8:])
+
+
+class _ChunkGraphs:
+    """Two CUDA graphs for one problem shape: the cold start plus ``c`` static iterations, and
+    ``c`` more iterations, both on buffers of their own (the inputs are copied in)."""
+
+    def __init__(self, Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tensor, eps: float,
+                 tol: float, c: int):
+        self.Dn, self.Do, self.budget = Dn.clone(), Do.clone(), budget.clone()
+        self.eps, self.tol, self.c = eps, tol, c
+        self.eye = torch.eye(Dn.shape[-1] + 1, dtype=Dn.dtype, device=Dn.device)
+        main = torch.cuda.current_stream(Dn.device)
+        side = torch.cuda.Stream(device=Dn.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):   # warm-up outside the capture, as torch.cuda.graphs asks
+            st = self._chunk(self._start())
+        main.wait_stream(side)
+        self.buf = [x.clone() for x in _flat(st)]
+        self.first, self.more = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.first):
+            self._store(self._chunk(self._start()))
+        with torch.cuda.graph(self.more):
+            self._store(self._chunk(_unflat(self.buf)))
+
+    def _start(self) -> _State:
+        return _start(self.Dn, self.Do, self.budget, self.eps, partial=False)
+
+    def _chunk(self, st: _State) -> _State:
+        for _ in range(self.c):
+            st = self._iterate(st)
+        return st
+
+    def _iterate(self, st: _State) -> _State:
+        return _iterate(st, self.Dn, self.Do, self.budget, self.eps, self.tol, self.eye,
+                        static=True)
+
+    def _store(self, st: _State) -> None:
+        for b, x in zip(self.buf, _flat(st), strict=True):
+            b.copy_(x)
+
+    def _unconverged(self) -> bool:
+        return bool((~(self.buf[11] <= self.tol)).any())   # buf[11]: the residuals
+
+    def run(self, Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tensor,
+            max_iter: int) -> tuple[torch.Tensor, torch.Tensor, _Primal, int, torch.Tensor]:
+        self.Dn.copy_(Dn)
+        self.Do.copy_(Do)
+        self.budget.copy_(budget)
+        self.first.replay()
+        it = self.c
+        while it + self.c <= max_iter and self._unconverged():
+            self.more.replay()
+            it += self.c
+        st = _unflat([b.clone() for b in self.buf])   # the next solve reuses the buffers
+        if it < max_iter and self._unconverged():      # a last, partial chunk: eagerly
+            for _ in range(max_iter - it):
+                st = self._iterate(st)
+            it = max_iter
+        return st.alpha, st.lam, st.p, it, st.res
+
+
+class NewtonGraphs:
+    """``newton_static`` replayed as CUDA graphs: a chunk of ``check_every`` Newton iterations
+    is one graph launch instead of ~250 kernel launches per iteration (the cost of solving a
+    wave on a GPU is launching kernels, not running them). The graphs are captured at the
+    first solve of each problem shape and kept: hold one instance per fit (it holds the
+    graphs' memory) and pass it to ``solve_batch``. The iterates, iteration count and
+    convergence checks are ``newton_static``'s."""
+
+    def __init__(self) -> None:
+        self._graphs: dict[tuple, _ChunkGraphs] = {}
+
+    def solve(self, Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tensor, eps: float,
+              tol: float, max_iter: int, check_every: int
+              ) -> tuple[torch.Tensor, torch.Tensor, _Primal, int, torch.Tensor]:
+        key = (tuple(Dn.shape), tuple(Do.shape), Dn.dtype, Dn.device, eps, tol, check_every)
+        graphs = self._graphs.get(key)
+        if graphs is None:
+            graphs = self._graphs[key] = _ChunkGraphs(Dn, Do, budget, eps, tol, check_every)
+        return graphs.run(Dn, Do, budget, max_iter)
 
 
 class StaticSolution(NamedTuple):
@@ -283,6 +383,7 @@ def solve_static(
     scale: float | None = None,
     fallback: bool = True,
     compact: bool = False,
+    graphs: NewtonGraphs | None = None,
 ) -> StaticSolution:
     """Solve a batch without autograd; ``implicit_vjp(sol.saved, eps, ...)`` differentiates it.
 
@@ -296,7 +397,7 @@ def solve_static(
             alpha, lam, p, it, res = newton_compact(Dn, Do, budget, eps, tol, max_iter)
         else:
             alpha, lam, p, it, res = newton_static(Dn, Do, budget, eps, tol, max_iter,
-                                                   check_every)
+                                                   check_every, graphs=graphs)
         if fallback:
             bad = ~(res <= tol)
             if bool(bad.any()):
@@ -329,15 +430,17 @@ def solve_batch(
     max_iter: int = 200,
     mode: str = "static",
     scale: float | None = None,
+    graphs: NewtonGraphs | None = None,
 ) -> StaticSolution:
     """A batch of problems, no autograd: ``mode="static"`` never reads back inside the Newton
     loop but once every 8 iterations (for a GPU); ``"adaptive"`` reads back at every step and
     works on the unconverged problems only (for a CPU, where reading back is free). Both check
-    the residuals once at the end and fall back to ε-continuation (``solve_static``)."""
+    the residuals once at the end and fall back to ε-continuation (``solve_static``).
+    ``graphs`` (static mode on CUDA): replay the iterations as CUDA graphs (``NewtonGraphs``)."""
     if mode not in ("static", "adaptive"):
         raise ValueError(f"mode must be 'static' or 'adaptive', got {mode!r}")
     return solve_static(Dn, Do, budget, eps, tol, min(max_iter, _DIRECT_ITER), scale=scale,
-                        compact=mode == "adaptive")
+                        compact=mode == "adaptive", graphs=graphs)
 
 
 PAD_DISTANCE = 1e3
@@ -358,12 +461,12 @@ def mask_padding(
     the solution is that of the unpadded problem. Returns Dn (..., n, n), Do (..., n, k + 1).
     """
     r = real.unsqueeze(-1)
-    P = Dn.new_tensor(pad)
-    Dn = torch.where(r & real.unsqueeze(-2), Dn, P)
-    Do = torch.where(r & valid.unsqueeze(-2), Do, P)
-    sink = torch.where(r, P, Dn.new_zeros(()))
+    # Python scalars, not new_tensor: a host-to-device copy would wait for the device
+    Dn = torch.where(r & real.unsqueeze(-2), Dn, pad)
+    Do = torch.where(r & valid.unsqueeze(-2), Do, pad)
+    sink = torch.where(r, pad, Dn.new_zeros(()))
     return Dn, torch.cat([Do, sink], dim=-1)
 
 
-__all__ = ["PAD_DISTANCE", "StaticSolution", "implicit_vjp", "mask_padding", "newton_compact",
-           "newton_static", "solve_batch", "solve_static"]
+__all__ = ["PAD_DISTANCE", "NewtonGraphs", "StaticSolution", "implicit_vjp", "mask_padding",
+           "newton_compact", "newton_static", "solve_batch", "solve_static"]
