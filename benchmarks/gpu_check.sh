@@ -31,11 +31,11 @@ if [ "${1:-}" = "--cpu" ]; then
   DEV=cpu; SMALL=2000; BIG=6000; FULL=20000; BUDGET=330
   TESTS=(tests/test_selection_native.py tests/test_hostcp.py tests/test_theta_wave.py
          -k "static or compact or padded or fixed_budget or wave or range")
-  L_TEST=300; L_EPOCH=150; L_CPU=150
+  L_TEST=300; L_EPOCH=150; L_CPU=150; L_CPU_BIG=150
 else
   DEV=cuda; SMALL=10000; BIG=100000; FULL=1000000; BUDGET=500
   TESTS=(tests/test_selection_native.py tests/test_hostcp.py tests/test_theta_wave.py -m gpu)
-  L_TEST=120; L_EPOCH=100; L_CPU=400
+  L_TEST=120; L_EPOCH=100; L_CPU=120; L_CPU_BIG=330
 fi
 
 step() {  # step NAME LIMIT_S COMMAND...
@@ -53,7 +53,7 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee "$OUT
 # 0. one CPU thread, in the background (its own core; the GPU steps use one host thread)
 ( step epoch_cpu1_small "$L_CPU" $PY benchmarks/epoch_speed.py --device cpu --threads 1 \
     --sizes "$SMALL" --wave 1 auto --json "$OUT/cpu.jsonl"
-  step epoch_cpu1_big "$L_CPU" $PY benchmarks/epoch_speed.py --device cpu --threads 1 \
+  step epoch_cpu1_big "$L_CPU_BIG" $PY benchmarks/epoch_speed.py --device cpu --threads 1 \
     --sizes "$BIG" --wave 1 auto --json "$OUT/cpu.jsonl" ) &
 CPU_JOB=$!
 step tests "$L_TEST" $PY -m pytest -q -p no:cacheprovider "${TESTS[@]}"
