@@ -59,6 +59,7 @@ class ThetaWave:
         self.graph = graph
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static: dict[str, torch.Tensor] | None = None
+        self._test_set: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def run(self, xb: torch.Tensor, yb: torch.Tensor, u: torch.Tensor, real: torch.Tensor,
             tb: torch.Tensor | None, Xt: torch.Tensor, Yt: torch.Tensor,
@@ -79,6 +80,11 @@ class ThetaWave:
         else:
             if self._graph is None:
                 self._capture(Xt, Yt)
+                self._test_set = (Xt, Yt)
+            elif Xt is not self._test_set[0] or Yt is not self._test_set[1]:
+                # the graph reads the captured tensors' memory, whatever is passed now
+                raise ValueError("ThetaWave: a graph replays on the test set it was captured "
+                                 "with; pass the same Xt and Yt tensors")
             self._graph.replay()
         loss_sum += self.loss
         return self.dV.clone()

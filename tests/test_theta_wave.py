@@ -90,12 +90,15 @@ def test_cuda_graph_replays_the_eager_waves():
     graph = ThetaWave(m2, o2, fraction=0.25, lookahead_lr=0.1, graph=True)
     l1 = torch.zeros((), dtype=torch.float64, device="cuda")
     l2 = torch.zeros((), dtype=torch.float64, device="cuda")
+    *_, Xt, Yt = _wave(device="cuda")   # one test set: the graph reads its memory
     for seed in range(3):
-        xb, yb, u, real, tb, Xt, Yt = _wave(seed=seed, device="cuda")
+        xb, yb, u, real, tb, _, _ = _wave(seed=seed, device="cuda")
         a = eager.run(xb, yb, u, real, tb, Xt, Yt, l1)
         b = graph.run(xb, yb, u, real, tb, Xt, Yt, l2)
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(l2, l1, atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="same Xt"):
+        graph.run(xb, yb, u, real, tb, Xt.clone(), Yt, l2)
     for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
         torch.testing.assert_close(q, p, atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(o2.state[q]["exp_avg"], o1.state[p]["exp_avg"],
