@@ -72,7 +72,7 @@ def one_epoch(train, valuation, wave, args) -> dict:
             "cpu": statistics.median(res.timings["selection_epoch_cpu_s"]),
             "layer": res.timings["layer_s"] / sum(res.timings["selection_epoch_s"]),
             "fit": time.perf_counter() - t, "wave": res.extra["wave"],
-            "graphs": res.extra["cuda_graphs"]}
+            "graphs": res.extra["cuda_graphs"], "epochs": res.timings["selection_epoch_s"]}
 
 
 def full_fit(n: int, args) -> None:
@@ -157,6 +157,7 @@ def main(argv=None) -> None:
                        "threads": args.threads, "epoch_s": ep, "cpu_s": cpu,
                        "ms_per_point": 1e3 * ep / n, "speedup_vs_first": base / ep,
                        "cuda_graphs": runs[w][0]["graphs"],
+                       "epochs_s": [e for r in runs[w] for e in r["epochs"]],
                        "load": os.getloadavg()[0]}
                 with open(args.json, "a") as f:
                     f.write(json.dumps(rec) + "\n")
