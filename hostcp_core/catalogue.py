@@ -64,7 +64,9 @@ _INFO: dict[str, dict[str, Any]] = {
         cost=Cost("O(epochs · n) minibatch layer solves: linear in n; 0.23–0.33 ms per point "
                   "per epoch on one CPU core at wave=1 (12 epochs by default); the default "
                   "wave='auto' solves 16 minibatches at once from 16,384 points (0.19 ms; a "
-                  "100k-row job in about 5 minutes on 2 cores)",
+                  "100k-row job in about 5 minutes on 2 cores); on an H200 GPU 64 at once, "
+                  "replayed as CUDA graphs (0.02–0.035 ms per point per epoch; a 1M-row fit "
+                  "in 3.8 minutes)",
                   1.0, 1000, 5.71, None)),
     "random": dict(
         purpose="control", gpu=False,
