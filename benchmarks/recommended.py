@@ -76,7 +76,8 @@ def run_one(args, dataset: str, seed: int, condition: str, fraction: float,
     train, valuation, hold, flipped = data
     k = subset_size(train.n, fraction)
     rec = RecommendedSelection(fraction=fraction, seed=seed, n_seeds=args.n_seeds,
-                               epochs=args.select_epochs, n_jobs=1)
+                               epochs=args.select_epochs, n_jobs=1,
+                               pool_rank=args.pool_rank)
     sel_rows, val_rows = rec.split(valuation)
     selection, validation = valuation.subset(sel_rows), valuation.subset(val_rows)
     t0 = time.perf_counter()
@@ -374,6 +375,8 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--eval-epochs", type=int, default=60, help="MLP epochs on the held-out")
     ap.add_argument("--repeats", type=int, default=2, help="MLP trainings per held-out score")
     ap.add_argument("--out", default=str(ROOT / "results" / "recommended"))
+    ap.add_argument("--pool-rank", default="label_errors",
+                    help="order in which the trusted pool is tightened (RecommendedSelection)")
     ap.add_argument("--part", default="", help="suffix of this process's CSVs (parallel runs)")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--detector-check", action="store_true",

@@ -16,6 +16,7 @@ from hostcp_core.recommended import (
     choose_winner,
     class_quotas,
     facility_location_order,
+    pool_rank,
     pool_target,
     ranking_values,
     score_candidates,
@@ -233,6 +234,37 @@ def test_tighten_pool_drops_lowest_ranked_until_the_target():
     assert tighten_pool(trusted, rank, np.zeros(n), y, k, 2).all()
 
 
+def test_pool_rank_orders_and_default():
+    oob = np.array([0.9, 0.1, 0.5, 0.7])
+    p = np.array([0.4, 0.0, 0.1, 0.2])
+    np.testing.assert_array_equal(pool_rank("data_oob", oob, p), oob)
+    # label_errors: the highest P(label wrong) is the lowest rank (leaves the pool first)
+    assert np.argmin(pool_rank("label_errors", oob, p)) == 0
+    both = pool_rank("both", oob, p)
+    np.testing.assert_allclose(both, [2.5, 2.5, 2.5, 2.5])   # ranks (4,1,2,3) and (1,4,3,2)
+    with pytest.raises(ValueError):
+        pool_rank("nope", oob, p)
+    assert RecommendedSelection().pool_rank == "label_errors"
+    with pytest.raises(ValueError):
+        RecommendedSelection(pool_rank="nope")._check()
+    # tightened by the detector: the points it finds most likely wrong leave first, whatever
+    # Data-OOB says of them (the synthetic case: flips that Data-OOB values highest)
+    n = 200
+    y = np.repeat([0, 1], n // 2)
+    rng = np.random.default_rng(1)
+    oob = rng.random(n)
+    p = np.zeros(n)
+    wrong = np.flatnonzero(oob > 0.9)          # trusted most by Data-OOB, yet likely wrong
+    p[wrong] = 0.6
+    trusted = np.ones(n, dtype=bool)
+    by_p = tighten_pool(trusted, pool_rank("label_errors", oob, p), p, y, 20, 2)
+    by_oob = tighten_pool(trusted, pool_rank("data_oob", oob, p), p, y, 20, 2)
+    left = np.flatnonzero(~by_p)
+    assert set(left) <= set(wrong) and p[by_p].mean() <= pool_target(p)
+    assert by_oob[wrong].all()                  # the old order keeps every one of them
+    assert by_p[wrong].sum() < by_oob[wrong].sum() and by_p.sum() > by_oob.sum()
+
+
 def test_scoring_budget_and_identical_subsets(data):
     train, test = data
     assert scoring_runs("mlp", 3, 100, 300) == 3 and scoring_runs("mlp", 3, 250, 300) == 1
@@ -304,3 +336,28 @@ def test_blas_limited_to_one_thread_while_scoring(data, monkeypatch):
     RecommendedSelection(fraction=0.2, learner="logreg", candidates=["random", "top_data_oob"],
                          **FAST).fit(train, test)
     assert seen and set(seen) == {1}
+
+
+def test_detector_off_counts_each_suspect_once(data):
+    """Without the calibrated detector the tie-break is Data-OOB's suspects: each suspected
+    point in a subset counts once (table, tie-break and reason agree), the suspects and the
+    trusted pool partition the training set, and no pool tightening happens."""
+    train, test = data
+    rec = RecommendedSelection(fraction=0.2, seed=0, learner="logreg", label_errors=False,
+                               **FAST)
+    res = rec.fit(train, test)
+    table = {r["candidate"]: r for r in res.extra["candidates"] if "skipped" not in r}
+    sus = rec.suspected_
+    assert res.extra["detector"] == "data_oob" and rec.label_error_prob_ is None
+    assert res.extra["n_suspected"] == int(sus.sum())
+    assert res.extra["n_suspected"] + res.extra["n_trusted"] == train.n
+    counts, what = tie_counts(rec.candidates_, {"suspect": sus})
+    assert what == "suspected points" and "suspected points" in res.extra["rule"]
+    for c, row in table.items():
+        sel = rec.candidates_[c].selected
+        assert len(np.unique(sel)) == len(sel)
+        assert row["suspected_in_subset"] == counts[c] == int(sus[sel].sum()) <= len(sel)
+        assert row["expected_label_errors_in_subset"] is None
+    assert res.extra["winner"] == _rule(res.extra["candidates"], list(CANDIDATES))
+    if "fewest" in res.extra["why"]:
+        assert f"({table[res.extra['winner']]['suspected_in_subset']})" in res.extra["why"]
