@@ -365,8 +365,8 @@ def _pinv_eigh(M: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _range_solve(M: torch.Tensor, v: torch.Tensor, refinements: int = 2) -> torch.Tensor:
     """A solution of M x = v for symmetric PSD M and v ∈ range(M): Cholesky of M + δI with
-    δ = 1e-10·max diag (far above the rounding that could make it indefinite), then iterative
-    refinement x ← x + (M + δI)⁻¹(v − Mx). Along an eigenvalue μ > 0 the error shrinks by
+    δ = 1e-10·max(1, max diag) (far above the rounding that could make it indefinite), then
+    iterative refinement x ← x + (M + δI)⁻¹(v − Mx). Along an eigenvalue μ > 0 the error shrinks by
     δ/(μ + δ) per solve; null directions of M do not matter (``_pinv_solve``). A batch whose
     factorisation fails anyway goes to ``_pinv_eigh`` (one read-back to check)."""
     delta = 1e-10 * M.diagonal(dim1=-2, dim2=-1).amax(-1).clamp_min(1.0)
