@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp, vmap
 from torch.nn import functional as F
 
-from hostcp_core._theta_wave import ThetaWave, lookahead_dots
+from hostcp_core._theta_wave import ThetaWave
 from hostcp_core.data import Dataset
 from hostcp_core.device import resolve_device
 from hostcp_core.models import MLP
@@ -36,7 +36,6 @@ from hostcp_core.result import ValuationResult, subset_size
 from hostcp_core.selection import SelectionLayer, select_top_k
 from hostcp_core.selection._static import (
     NewtonGraphs,
-    StaticSolution,
     implicit_vjp,
     mask_padding,
     solve_batch,
@@ -314,8 +313,7 @@ class HostCP(Valuer):
         step = 0
         W = self._wave_size(dev, n_batches)
         waves = W > 1 or self._wave_path_at_one
-        acc = _Accumulators(u_sum, mass_sum, signal_sum, grad_norms,
-                            _Graphs() if graphs else None)
+        acc = _Accumulators(u_sum, mass_sum, signal_sum, grad_norms, _WaveSteps(graphs))
         for epoch in range(self.epochs):
             perm = torch.randperm(n, generator=gen).to(dev)
             warm = epoch < self.warmup_epochs
@@ -389,7 +387,7 @@ class HostCP(Valuer):
         self.model_ = model.eval()
         self.embedding_ = embed.eval()
         extra = {"score": self.score, "epochs_scored": u_count, "wave": W,
-                 "cuda_graphs": acc.graphs.status() if acc.graphs and waves else "off",
+                 "cuda_graphs": acc.waves.status() if waves else "off",
                  "phi_grad_norm_median": float(np.median(grad_norms)) if grad_norms else 0.0,
                  "final_loss": epoch_loss / n}
         timings = {"layer_s": t_layer, "train_s": time.perf_counter() - t_start,
@@ -466,45 +464,25 @@ class HostCP(Valuer):
         return loss, gnorm, dV_du
 
     def _theta_steps_wave(self, model, opt, xb, yb, u, real, sizes, Xt, Yt, gen, loss_sum,
-                          graphs=None):
+                          waves: _WaveSteps) -> torch.Tensor:
         """The θ steps of a wave's minibatches, one after the other (as ``_theta_step``), and
-        their look-aheads dV/du in one vectorised call (vmap over the minibatches: each at its
-        own θ and step). xb (W, n, d), yb and u (W, n) padded as ``real`` says; returns dV/du
-        (W, n), 0 on padded points."""
+        their look-aheads dV/du in one vectorised call (``ThetaWave``: a CUDA graph on a GPU).
+        xb (W, n, d), yb and u (W, n) padded as ``real`` says; returns dV/du (W, n), 0 on
+        padded points."""
         tb = None
         if self.test_batch_size < Xt.shape[0]:
             # the draws of the per-minibatch algorithm, in its order; one copy to the device
             tb = torch.stack([torch.randperm(Xt.shape[0], generator=gen)[:self.test_batch_size]
                               for _ in sizes]).to(Xt.device)
-        if graphs is not None and graphs.failed is None:
-            # CUDA: the same steps on static buffers, one graph per wave shape
+
+        def run() -> torch.Tensor:
             key = tuple(xb.shape)
-            if key not in graphs.theta:
-                graphs.theta[key] = ThetaWave(model, opt, fraction=self.fraction,
-                                              lookahead_lr=self.lookahead_lr, graph=True)
-            dV = graphs.attempt(lambda: graphs.theta[key].run(xb, yb, u, real, tb, Xt, Yt,
-                                                                loss_sum))
-            if dV is not None:
-                return dV
-        thetas, grads = [], []
-        for w, size in enumerate(sizes):
-            thetas.append([v.detach().clone() for v in model.parameters()])
-            per_point = F.cross_entropy(model(xb[w, :size]), yb[w, :size], reduction="none")
-            loss = (u[w, :size].detach() * per_point).sum() / (self.fraction * size)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            grads.append([v.grad.detach().clone() for v in model.parameters()])
-            opt.step()
-            loss_sum += loss.detach() * size
-        names = [k for k, _ in model.named_parameters()]
-        theta = {k: torch.stack([t[i] for t in thetas]) for i, k in enumerate(names)}
-        grad_ = {k: torch.stack([g[i] for g in grads]) for i, k in enumerate(names)}
-        Xv, Yv = (Xt, Yt) if tb is None else (Xt[tb], Yt[tb])   # None: the whole test set
-        d = lookahead_dots(model, theta, grad_, xb, yb, Xv, Yv, self.lookahead_lr,
-                           sampled=tb is not None)
-        norm = self.fraction * real.sum(1).to(d.dtype)
-        lr = self.lookahead_lr
-        return torch.where(real, -(lr / norm)[:, None] * d, 0.0).detach()
+            if key not in waves.theta:
+                waves.theta[key] = ThetaWave(model, opt, fraction=self.fraction,
+                                             lookahead_lr=self.lookahead_lr, graph=waves.graph)
+            return waves.theta[key].run(xb, yb, u, real, tb, Xt, Yt, loss_sum)
+
+        return waves.attempt(run)
 
     def _theta_step(self, model, opt, xb, yb, ud, Xt, Yt, gen):
         """θ step with u held fixed; returns the loss and dV/du of the look-ahead."""
@@ -609,15 +587,9 @@ class HostCP(Valuer):
         if mode == "auto":
             mode = "static" if Dn.device.type == "cuda" else "adaptive"
 
-        def solve(graphs: NewtonGraphs | None) -> StaticSolution:
-            return solve_batch(Dn.double(), Do.double(), budget, self.eps, mode=mode,
-                               scale=_CROSS_CLASS_DISTANCE, graphs=graphs)
-
-        sol = None
-        if acc.graphs is not None and acc.graphs.failed is None:
-            sol = acc.graphs.attempt(lambda: solve(acc.graphs.newton))
-        if sol is None:
-            sol = solve(None)
+        sol = acc.waves.attempt(lambda: solve_batch(
+            Dn.double(), Do.double(), budget, self.eps, mode=mode, scale=_CROSS_CLASS_DISTANCE,
+            graphs=acc.waves.newton))
         u, Zn = sol.u.to(Dn.dtype), sol.Zn.to(Dn.dtype)    # (W, nb), (W, nb, nb)
         # Padded slots add exact zeros (to a real index), so nothing is read back to the host.
         flat_real = real.flatten()
@@ -641,7 +613,7 @@ class HostCP(Valuer):
                 loss_sum += loss * size
         else:
             dV = self._theta_steps_wave(model, opt, X[idxs], yb, u, real, sizes, Xt, Yt, gen,
-                                        loss_sum, acc.graphs)
+                                        loss_sum, acc.waves)
         acc.signal.index_add_(0, ridx, -dV.flatten().double())   # padded dV are 0
         if not self.learn_embedding:
             acc.grad_norms.extend([0.0] * W)
@@ -672,35 +644,42 @@ class _Accumulators(NamedTuple):
     mass: torch.Tensor
     signal: torch.Tensor
     grad_norms: list      # floats (per minibatch) or device tensors of W (per wave)
-    graphs: _Graphs | None   # CUDA graphs of the waves, kept for the fit
+    waves: _WaveSteps       # the wave steps' state, kept for the fit
 
 
-class _Graphs:
-    """The CUDA graphs of a fit's waves: the layer's Newton iterations and, per wave shape,
-    the θ steps with their look-aheads. A graph that fails (a kernel a capture cannot hold on
-    some torch or CUDA build) turns graphs off for the rest of the fit, with a warning and the
-    reason in the result's ``extra["cuda_graphs"]``; the eager steps compute the same."""
+class _WaveSteps:
+    """What a fit's waves keep: per wave shape the θ steps with their look-aheads
+    (``ThetaWave``) and, with ``graph`` (CUDA), the layer's Newton iterations, both replayed as
+    CUDA graphs. A graph that fails (a kernel a capture cannot hold on some torch or CUDA build)
+    turns graphs off for the rest of the fit, with a warning and the reason in the result's
+    ``extra["cuda_graphs"]``; the eager steps compute the same."""
 
-    def __init__(self) -> None:
-        self.newton = NewtonGraphs()
+    def __init__(self, graph: bool) -> None:
+        self.graph = graph
+        self.newton = NewtonGraphs() if graph else None
         self.theta: dict[tuple, ThetaWave] = {}
         self.failed: str | None = None
 
-    def attempt(self, graphed: Callable[[], T]) -> T | None:
-        """``graphed()``, or None once graphs have failed (the caller then runs eagerly)."""
-        if self.failed is None:
-            try:
-                return graphed()
-            except RuntimeError as err:
-                if isinstance(err, SolverError):
-                    raise
-                self.failed = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-                warnings.warn(f"HOST-CP: CUDA graphs failed, running eagerly: {self.failed}",
-                              RuntimeWarning, stacklevel=2)
-        return None
+    def attempt(self, step: Callable[[], T]) -> T:
+        """``step()``; if it fails in a CUDA graph, graphs go off and it runs again eagerly
+        (the failed capture ran nothing: a capture records kernels without running them)."""
+        if not self.graph:
+            return step()
+        try:
+            return step()
+        except RuntimeError as err:
+            if isinstance(err, SolverError):
+                raise
+            self.failed = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            warnings.warn(f"HOST-CP: CUDA graphs failed, running eagerly: {self.failed}",
+                          RuntimeWarning, stacklevel=2)
+            self.graph, self.newton, self.theta = False, None, {}
+            return step()
 
     def status(self) -> str:
-        return "on" if self.failed is None else f"failed: {self.failed}"
+        if self.failed is not None:
+            return f"failed: {self.failed}"
+        return "on" if self.graph else "off"
 
 
 class _OldSet:

@@ -1,5 +1,5 @@
 """ThetaWave: a wave's θ steps and look-aheads on static buffers (replayed as a CUDA graph on
-a GPU) compute what HostCP's per-minibatch wave loop computes."""
+a GPU) compute what HostCP's per-minibatch algorithm computes."""
 
 from __future__ import annotations
 
@@ -39,20 +39,24 @@ def _model(d=5, K=3, device="cpu", capturable=False):
 
 
 def _eager(model, opt, xb, yb, u, real, tb, Xt, Yt, test_batch_size):
+    """The per-minibatch algorithm (HostCP._theta_step, one minibatch after another, unpadded):
+    dV/du (W, n, 0 on padded points) and Σ loss·size."""
     h = HostCP(fraction=0.25, test_batch_size=test_batch_size)
-    gen = None
+    # the test rows it draws come from a generator in the state the wave's draws started from
+    gen = torch.Generator().manual_seed(7)
     loss = torch.zeros((), dtype=torch.float64, device=xb.device)
-    sizes = real.sum(1).tolist()
-    if tb is not None:   # the draws the wave makes, reproduced by a generator in that state
-        gen = torch.Generator().manual_seed(7)
-    dV = h._theta_steps_wave(model, opt, xb, yb, u, real, sizes, Xt, Yt, gen, loss)
+    dV = torch.zeros_like(u)
+    for w, size in enumerate(real.sum(1).tolist()):
+        step_loss, dV[w, :size] = h._theta_step(model, opt, xb[w, :size], yb[w, :size],
+                                                u[w, :size], Xt, Yt, gen)
+        loss += step_loss * size
     return dV, loss
 
 
 @pytest.mark.parametrize("whole_test_set", [True, False])
-def test_static_wave_equals_the_wave_loop(whole_test_set):
+def test_static_wave_equals_the_per_minibatch_steps(whole_test_set):
     xb, yb, u, real, tb, Xt, Yt = _wave()
-    if not whole_test_set:   # the wave loop draws its test rows from the generator
+    if not whole_test_set:   # the per-minibatch steps draw their test rows from the generator
         gen = torch.Generator().manual_seed(7)
         tb = torch.stack([torch.randperm(40, generator=gen)[:24] for _ in range(4)])
     m1, o1 = _model()

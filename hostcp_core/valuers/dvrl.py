@@ -160,7 +160,7 @@ class DVRL(Valuer):
         for it in range(self.iterations):
             idx = torch.randperm(n, generator=gen)[:B].to(dev)
             prob = estimator(Xs[idx], y1h[idx], diff[idx])
-            p_sample = prob.detach()
+            p_sample = prob.detach().cpu()   # sampled on the host: one copy serves both
             constant_run = constant_run + 1 if float(p_sample.max() - p_sample.min()) \
                 <= _CONSTANT else 0
             if constant_run >= _DEAD_PATIENCE:
@@ -169,7 +169,7 @@ class DVRL(Valuer):
                 if float(everywhere.max() - everywhere.min()) <= _CONSTANT:
                     return estimator, rewards, it
                 constant_run = 0
-            s = torch.bernoulli(p_sample.cpu(), generator=gen).to(dev)
+            s = torch.bernoulli(p_sample, generator=gen).to(dev)
             if s.sum() == 0:  # the reference code's guard: resample at 0.5
                 s = torch.bernoulli(torch.full((B,), 0.5), generator=gen).to(dev)
             chosen = idx[s > 0]
