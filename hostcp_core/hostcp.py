@@ -737,16 +737,49 @@ class _OldSet:
             rows = torch.randperm(self.size, generator=self.generator)[:self.search_pool]
             rows = rows.to(hb.device)
         idx = self.idx[rows]
-        d = torch.cdist(hb, self.h[rows].unsqueeze(0).expand(W, -1, -1))
-        if class_conditional:
-            d = d.masked_fill(yb[:, :, None] != Y[idx][None, None, :], float("inf"))
-        d = d.masked_fill(~real[:, :, None], float("inf"))
-        nearest = d.min(1).values                           # (W, pool)
+        yp = Y[idx] if class_conditional else torch.zeros_like(idx)
+        yw = yb if class_conditional else torch.zeros_like(yb)
+        nearest = _batch_distances(hb, yw, real, self.h[rows], yp,
+                                   static=hb.device.type == "cuda")   # (W, pool)
         top = min(k, len(rows))
         neg, keep = torch.topk(-nearest, top, dim=1)
         out[:, :top] = idx[keep]
         valid[:, :top] = torch.isfinite(neg)
         return out, valid
+
+
+def _batch_distances(hb: torch.Tensor, yb: torch.Tensor, real: torch.Tensor, P: torch.Tensor,
+                     yp: torch.Tensor, static: bool) -> torch.Tensor:
+    """(W, pool): each pool point's distance to the nearest real point of its class in each
+    of W batches (hb (W, n, dim), yb and real (W, n); P (pool, dim), yp (pool,)); inf where
+    there is none. As torch.cdist computes it (|h|² + |p|² − 2 h·p), with the batch's
+    minimum taken before the pool point's |p|² is added and the root taken.
+
+    ``static`` (for a GPU: no read-back) multiplies every pair and masks the other classes'.
+    Otherwise each class's points meet only the batch's points of that class, gathered to the
+    front of each batch: with C balanced classes 1/C² of the pairs (a search over 4,096 pool
+    points took 40 ms a wave at W = 16 with two classes; this way 2 ms)."""
+    W, n, dim = hb.shape
+    inf = float("inf")
+    hn = torch.where(real, (hb * hb).sum(-1), inf)
+    pn = (P * P).sum(-1)
+    if static:
+        G = torch.baddbmm(hn.unsqueeze(-1), hb, P.T.expand(W, -1, -1), alpha=-2.0)
+        G = torch.where(yb.unsqueeze(-1) == yp, G, inf)
+        return (G.amin(1) + pn).clamp(min=0).sqrt()
+    out = torch.full((W, P.shape[0]), inf, dtype=hb.dtype, device=hb.device)
+    for c in torch.unique(yp).tolist():
+        cols = (yp == c).nonzero().squeeze(1)
+        rows = (yb == c) & real
+        k = int(rows.sum(1).max())
+        if not k:
+            continue
+        first = torch.argsort((~rows).to(torch.int8), dim=1, stable=True)[:, :k]  # class c first
+        hc = torch.gather(hb, 1, first.unsqueeze(-1).expand(-1, -1, dim))
+        hnc = torch.where(torch.gather(rows, 1, first), torch.gather(hn, 1, first), inf)
+        G = torch.baddbmm(hnc.unsqueeze(-1), hc, P[cols].T.expand(W, -1, -1), alpha=-2.0)
+        out[:, cols] = G.amin(1) + pn[cols]
+    return out.clamp(min=0).sqrt()
 
 
 def _pairwise(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

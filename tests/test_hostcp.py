@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hostcp_core import Cancelled, make_synthetic, split_test, subset_size
-from hostcp_core.hostcp import HostCP, _prior_shift, _stratified_top_k
+from hostcp_core.hostcp import HostCP, _batch_distances, _prior_shift, _stratified_top_k
 
 FAST = dict(epochs=3, warmup_epochs=1, batch_size=32, old_set_size=16, hidden=(16,))
 
@@ -252,3 +252,26 @@ def test_auto_wave_is_per_device_and_a_small_part_of_an_epoch(data):
     assert h._wave_size(torch.device("cuda"), 100_000) == WAVE_AUTO["cuda"]
     train, test = data
     assert HostCP(**FAST, wave="auto").fit(train, test).extra["wave"] == 1
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("classes", [1, 3])
+def test_old_set_search_distances_are_cdists(static, classes):
+    # Both searches (per class on a CPU, every pair masked for a GPU) give each pool point's
+    # distance to the nearest real same-class point of each batch, as torch.cdist does.
+    g = torch.Generator().manual_seed(classes)
+    W, n, pool, dim = 5, 12, 40, 4
+    hb, P = torch.randn(W, n, dim, generator=g), torch.randn(pool, dim, generator=g)
+    yb, yp = torch.randint(0, classes, (W, n), generator=g), torch.randint(0, classes, (pool,),
+                                                                           generator=g)
+    real = torch.ones(W, n, dtype=torch.bool)
+    real[-1, 7:] = False
+    yb[1] = 0     # a batch with a single class: the others' pool points have no neighbour there
+    ref = torch.cdist(hb, P.expand(W, -1, -1))
+    ref = ref.masked_fill((yb[:, :, None] != yp) | ~real[:, :, None], float("inf")).amin(1)
+    got = _batch_distances(hb, yb, real, P, yp, static=static)
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+    if classes > 1:
+        assert torch.isinf(got[1]).any()
+    fin = torch.isfinite(ref)
+    torch.testing.assert_close(got[fin], ref[fin], atol=1e-5, rtol=1e-5)

@@ -189,15 +189,32 @@ def test_degenerate_clustered_small_eps(eps):
     _check_feasible(out, 4.8)
 
 
-def test_cycling_instance_recovers_by_continuation():
-    # At eps = 0.001 cold-start Newton cycles on problem 1 of this batch (found in a sweep);
-    # the eps-continuation fallback must solve it without disturbing the others.
+def test_flat_rows_step_to_their_breakpoint(monkeypatch):
+    # Problem 1 of this batch (found in a sweep) made cold-start Newton cycle at eps = 0.001
+    # with the residual at exactly 1: a row with every entry at a bound took the ridge's step,
+    # jumping between row sums 0 and 2. Stepping past the row's next breakpoint solves it.
     Dn, Do = _instance(16, 0, batch=5, seed=421, clusters=4, spread=0.05)
+    K = torch.full((1,), 3.2, dtype=torch.float64)
+    *_, it, res = _native.newton_solve(Dn[1:2], Do[1:2], K, 0.001, max_iter=100)
+    assert it < 100 and float(res) <= 1e-9
+    monkeypatch.setattr(_native, "_breakpoint_step", lambda d_a, *args, **kw: d_a)
+    *_, it, res = _native.newton_solve(Dn[1:2], Do[1:2], K, 0.001, max_iter=100,
+                                       raise_on_failure=False)
+    assert it == 100 and float(res) == 1.0
+
+
+def test_unsolved_problems_recover_by_continuation(monkeypatch):
+    # Problems the direct Newton leaves unsolved (here: a budget of 5 iterations) are
+    # re-solved by eps-continuation without disturbing the others.
+    Dn, Do = _instance(16, 0, batch=5, seed=421, clusters=4, spread=0.05)
+    direct = [solve_selection(Dn[b], Do[b], 3.2, eps=0.001, max_iter=300) for b in range(5)]
+    assert all(one.iterations < 100 for one in direct)
+    monkeypatch.setattr(_native, "_DIRECT_ITER", 5)
     out = solve_selection(Dn, Do, 3.2, eps=0.001, max_iter=300)
     _check_feasible(out, 3.2)
-    assert out.iterations > 100  # the fallback ran
-    one = solve_selection(Dn[0], Do[0], 3.2, eps=0.001, max_iter=300)
-    torch.testing.assert_close(out.u[0], one.u, atol=1e-8, rtol=0)
+    assert out.iterations > 5  # the fallback ran
+    for b in range(5):
+        torch.testing.assert_close(out.u[b], direct[b].u, atol=1e-8, rtol=0)
 
 
 def test_solver_error_when_iterations_run_out():

@@ -171,6 +171,83 @@ def _initial_alpha(Dn: torch.Tensor, Do: torch.Tensor, eps: float) -> torch.Tens
     return near + _INIT * eps
 
 
+def _cholesky_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(L Lᵀ)⁻¹ b. On CUDA by two triangular solves (cuBLAS): the batched cholesky_solve goes
+    to MAGMA there, which allocates on the host and so cannot be captured in a CUDA graph."""
+    if not L.is_cuda:
+        return torch.cholesky_solve(b, L)
+    y = torch.linalg.solve_triangular(L, b, upper=False)
+    return torch.linalg.solve_triangular(L.transpose(-2, -1), y, upper=True)
+
+
+def _breakpoint_step(
+    d_a: torch.Tensor,
+    M: torch.Tensor,
+    p: _Primal,
+    alpha: torch.Tensor,
+    lam: torch.Tensor,
+    g_a: torch.Tensor,
+    Dn: torch.Tensor,
+    Do: torch.Tensor,
+    eps: float,
+    static: bool = False,
+) -> torch.Tensor:
+    """The α direction with each *flat* row's step replaced by a step just past its next
+    breakpoint.
+
+    A flat row has no free and no capped-interior entry (its row of M is zero): every entry is
+    at a bound, the dual is linear along α_i with slope g_i = 1 − row sum (±1 or an integer), and
+    the ridge alone sets its step, eps·g_i / ridge. That step ignores where the row's pieces
+    are: a row served by two old points at almost the same distance jumped between row sums 2
+    and 0 for 30 iterations, the Armijo test passing each time (the dual is symmetric about the
+    midpoint), while everything else waited. The dual along α_i changes slope first where an
+    entry leaves its bound: going up (g_i > 0), where α_i reaches an old point's distance, an
+    open column's distance, or (closed column j) the point where column j opens, λ − Σ_k
+    (α_k − Dn_kj)_+ above that distance; going down (g_i < 0), ε above the distance of an entry
+    at 1. Stepping half an ε past it lands on a piece with curvature, where Newton takes over.
+    Rows M couples to others are never flat, so the rest of the direction is unchanged; the
+    Armijo search still guards the whole step. ``static``: every row, static shapes and no
+    read-back (for CUDA graphs); else the flat rows only (cheaper on a CPU, where reading back
+    is free; most iterations have few or none).
+    """
+    n = Dn.shape[-1]
+    flat = (M.diagonal(dim1=-2, dim2=-1)[:, :n] == 0) & (g_a != 0)
+
+    def past(gap: torch.Tensor, g: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.isfinite(gap), torch.sign(g) * (gap.clamp(min=0) + 0.5 * eps), d)
+
+    if static:
+        gap = _row_gaps(alpha.unsqueeze(-1), lam.view(-1, 1, 1), g_a, Dn, Do, p.Zn, p.Zo,
+                        p.u.unsqueeze(1), torch.relu(p.a).sum(1).unsqueeze(1), eps)
+        return torch.where(flat, past(gap, g_a, d_a), d_a)
+    b, i = flat.nonzero(as_tuple=True)
+    if not len(b):
+        return d_a
+    probs, at = torch.unique(b, return_inverse=True)
+    colsum = torch.relu(p.a[probs]).sum(1)[at]
+    gap = _row_gaps(alpha[b, i].unsqueeze(-1), lam[b].unsqueeze(-1), g_a[b, i], Dn[b, i],
+                    Do[b, i], p.Zn[b, i], p.Zo[b, i], p.u[b], colsum, eps)
+    d_a = d_a.clone()
+    d_a[b, i] = past(gap, g_a[b, i], d_a[b, i])
+    return d_a
+
+
+def _row_gaps(a: torch.Tensor, lam: torch.Tensor, g: torch.Tensor, Dn: torch.Tensor,
+              Do: torch.Tensor, Zn: torch.Tensor, Zo: torch.Tensor, u: torch.Tensor,
+              colsum: torch.Tensor, eps: float) -> torch.Tensor:
+    """Distance from α_i (``a``, trailing dimension 1) to row i's next breakpoint in the
+    direction of g_i; candidates along the last dimension (``_breakpoint_step``). ``colsum``:
+    Σ_k (α_k − Dn_kj)_+ of each new column."""
+    inf = float("inf")
+    opens = torch.relu(Dn - a) + (lam - colsum).clamp(min=0)      # a closed column opens
+    up = torch.where(u <= 0, opens, torch.where(Dn > a, Dn - a, inf)).amin(-1)
+    down = torch.where(Zn >= 1, a - (Dn + eps), inf).amin(-1)
+    if Do.shape[-1]:
+        up = torch.minimum(up, torch.where(Do > a, Do - a, inf).amin(-1))
+        down = torch.minimum(down, torch.where(Zo >= 1, a - (Do + eps), inf).amin(-1))
+    return torch.where(g > 0, up, down)
+
+
 def newton_solve(
     Dn: torch.Tensor,
     Do: torch.Tensor,
@@ -213,9 +290,10 @@ def newton_solve(
         rhs = torch.cat([g_a, torch.where(active, g_l, torch.zeros_like(g_l)).unsqueeze(-1)], -1)
         rhs = torch.where(done.unsqueeze(-1), torch.zeros_like(rhs), rhs)
         L, info = torch.linalg.cholesky_ex(M + ridge * eye)
-        d = torch.cholesky_solve((eps * rhs).unsqueeze(-1), L).squeeze(-1)
+        d = _cholesky_solve(L, (eps * rhs).unsqueeze(-1)).squeeze(-1)
         d = torch.where((info == 0).unsqueeze(-1), d, eps * rhs)  # fall back to a gradient step
-        d_a, d_l = d[:, :n], d[:, n]
+        d_a = _breakpoint_step(d[:, :n], M, p, alpha, lam, g_a, Dn, Do, eps)
+        d_l = d[:, n]
         step = torch.ones_like(lam)
         todo = torch.ones_like(done)
         new_alpha, new_lam, new_p = alpha, lam, p

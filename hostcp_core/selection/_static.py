@@ -21,6 +21,8 @@ from hostcp_core.selection._native import (
     _DIRECT_ITER,
     _MAX_HALVINGS,
     _RIDGE,
+    _breakpoint_step,
+    _cholesky_solve,
     _continuation,
     _dual_value,
     _freeze_lambda,
@@ -102,7 +104,7 @@ def _iterate(st: _State, Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tenso
     """One Newton iteration of every problem not yet converged (the others are kept)."""
     alpha, lam, p, g_a, g_l, q, res, mu, step, halvings = st
     todo = ~(res <= tol)
-    d_a, d_l = _direction(st, Dn, Do, eps, eye)
+    d_a, d_l = _direction(st, Dn, Do, eps, eye, static)
     ca = alpha + step.unsqueeze(-1) * d_a
     cl = torch.clamp(lam + step * d_l, min=0.0)
     cp = _primal_t(ca, cl, Dn, Do, eps, partial=not static)
@@ -133,7 +135,7 @@ def _iterate(st: _State, Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tenso
 
 
 def _direction(st: _State, Dn: torch.Tensor, Do: torch.Tensor, eps: float,
-               eye: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               eye: torch.Tensor, static: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The regularised Newton direction (d_α, d_λ), as newton_solve computes it."""
     alpha, lam, p, g_a, g_l, q, res, mu = st[:8]
     n = Dn.shape[-1]
@@ -145,16 +147,7 @@ def _direction(st: _State, Dn: torch.Tensor, Do: torch.Tensor, eps: float,
     L, info = torch.linalg.cholesky_ex(M + ridge * eye)
     d = _cholesky_solve(L, (eps * rhs).unsqueeze(-1)).squeeze(-1)
     d = torch.where((info == 0).unsqueeze(-1), d, eps * rhs)  # a gradient step where it fails
-    return d[:, :n], d[:, n]
-
-
-def _cholesky_solve(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(L Lᵀ)⁻¹ b. On CUDA by two triangular solves (cuBLAS): the batched cholesky_solve goes
-    to MAGMA there, which allocates on the host and so cannot be captured in a CUDA graph."""
-    if not L.is_cuda:
-        return torch.cholesky_solve(b, L)
-    y = torch.linalg.solve_triangular(L, b, upper=False)
-    return torch.linalg.solve_triangular(L.transpose(-2, -1), y, upper=True)
+    return _breakpoint_step(d[:, :n], M, p, alpha, lam, g_a, Dn, Do, eps, static), d[:, n]
 
 
 def _start(Dn: torch.Tensor, Do: torch.Tensor, budget: torch.Tensor, eps: float,
